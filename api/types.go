@@ -1,0 +1,142 @@
+// Package api holds the wire types of banger's HTTP+JSON API, shared by the
+// daemon and its clients. It imports nothing of banger's internals.
+package api
+
+import "time"
+
+// Version is the API path prefix.
+const Version = "v1"
+
+// VM is a virtual machine as the API shows it.
+type VM struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	ImageID   string    `json:"image_id"`
+	Image     string    `json:"image"` // image name
+	VCPUs     int       `json:"vcpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	VMM       string    `json:"vmm"`
+	State     string    `json:"state"`
+	GuestIP   string    `json:"guest_ip,omitempty"`
+	MAC       string    `json:"mac,omitempty"`
+	VMDir     string    `json:"vm_dir"`
+	LogPath   string    `json:"log_path"`
+	LastError string    `json:"last_error,omitempty"`
+	Runtime   Runtime   `json:"runtime"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// LastOperation is the newest journalled operation (vm show only).
+	LastOperation *Operation `json:"last_operation,omitempty"`
+	// Unsupported lists driver features this VM does not have, with why.
+	Unsupported map[string]string `json:"unsupported,omitempty"`
+}
+
+// Runtime is what exists while a VM runs.
+type Runtime struct {
+	PID           int       `json:"pid,omitempty"`
+	ControlSocket string    `json:"control_socket,omitempty"`
+	VsockPath     string    `json:"vsock_path,omitempty"`
+	VsockCID      uint32    `json:"vsock_cid,omitempty"`
+	Tap           string    `json:"tap,omitempty"`
+	Accel         string    `json:"accel,omitempty"`
+	StartedAt     time.Time `json:"started_at,omitzero"`
+}
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name      string `json:"name"`
+	Image     string `json:"image,omitempty"` // name or id; empty: the default image
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"` // 0: the image's size
+	VMM       string `json:"vmm,omitempty"`        // empty: the daemon's default
+	Start     bool   `json:"start,omitempty"`
+}
+
+// StopRequest is the body of POST /v1/vms/{ref}/stop and .../restart.
+type StopRequest struct {
+	// TimeoutSeconds bounds the graceful shutdown; 0 means the daemon's default.
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+}
+
+// KillRequest is the body of POST /v1/vms/{ref}/kill.
+type KillRequest struct {
+	Signal string `json:"signal,omitempty"` // default TERM
+}
+
+// Operation is one journalled lifecycle call.
+type Operation struct {
+	ID         int64     `json:"id"`
+	Kind       string    `json:"kind"`
+	Status     string    `json:"status"`
+	Error      string    `json:"error,omitempty"`
+	Stages     []Stage   `json:"stages"`
+	StartedAt  time.Time `json:"started_at"`
+	EndedAt    time.Time `json:"ended_at,omitzero"`
+	DurationMS int64     `json:"duration_ms"`
+}
+
+// Stage is one named step of an operation.
+type Stage struct {
+	Name   string    `json:"name"`
+	Status string    `json:"status"`
+	Detail string    `json:"detail,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Image is a bootable guest image.
+type Image struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	KernelPath  string    `json:"kernel_path"`
+	InitrdPath  string    `json:"initrd_path,omitempty"`
+	RootfsPath  string    `json:"rootfs_path"`
+	RootfsBytes int64     `json:"rootfs_bytes"`
+	Cmdline     string    `json:"cmdline,omitempty"`
+	Manifest    any       `json:"manifest,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	UsedBy      []string  `json:"used_by,omitempty"`
+}
+
+// ImportImageRequest is the body of POST /v1/images/import. Paths are
+// absolute paths on the daemon's host.
+type ImportImageRequest struct {
+	Name    string `json:"name"`
+	Kernel  string `json:"kernel"`
+	Initrd  string `json:"initrd,omitempty"`
+	Rootfs  string `json:"rootfs"`
+	Cmdline string `json:"cmdline,omitempty"`
+}
+
+// Driver describes one VMM driver on the daemon's host.
+type Driver struct {
+	Kind      string          `json:"kind"`
+	Available bool            `json:"available"`
+	Reason    string          `json:"reason"`
+	Binary    string          `json:"binary,omitempty"`
+	Version   string          `json:"version,omitempty"`
+	Accel     string          `json:"accel,omitempty"`
+	Features  map[string]bool `json:"features"`
+}
+
+// Info is GET /v1/info.
+type Info struct {
+	Version    string   `json:"version"`
+	StateDir   string   `json:"state_dir"`
+	RuntimeDir string   `json:"runtime_dir"`
+	DefaultVMM string   `json:"default_vmm"`
+	Drivers    []Driver `json:"drivers"`
+}
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Class   string `json:"class"`
+	Message string `json:"message"`
+}
+
+// ErrorResponse wraps Error.
+type ErrorResponse struct {
+	Error Error `json:"error"`
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/server"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/qemu"
+)
+
+type daemonOptions struct {
+	logLevel        string
+	logFile         string
+	socketGroup     string
+	guestCIDR       string
+	defaultVMM      string
+	gracefulTimeout time.Duration
+}
+
+func newDaemonCommand(g *globals) *cobra.Command {
+	o := daemonOptions{}
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the banger daemon (as root): it owns all VMs and host resources",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr")
+	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
+	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's")
+	f.StringVar(&o.defaultVMM, "default-vmm", vmm.KindQEMU, "VMM for VMs created without --vmm")
+	f.DurationVar(&o.gracefulTimeout, "graceful-timeout", daemon.DefaultGracefulTimeout, "how long a stop waits for the guest to power off")
+	return cmd
+}
+
+func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
+	if os.Geteuid() != 0 {
+		return errdefs.FailedPrecondition("banger daemon must run as root: it manages VMM processes, taps and nftables rules")
+	}
+	log, closeLog, err := newLogger(o.logLevel, o.logFile)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	gid := -1
+	if o.socketGroup != "" {
+		grp, err := user.LookupGroup(o.socketGroup)
+		if err != nil {
+			return errdefs.InvalidArgument("--socket-group %q: %v", o.socketGroup, err)
+		}
+		gid, _ = strconv.Atoi(grp.Gid)
+	}
+	l := g.layout
+	if err := l.Ensure(); err != nil {
+		return fmt.Errorf("prepare %s and %s: %w", l.StateDir, l.RuntimeDir, err)
+	}
+	unlock, err := lockStateDir(l.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	st, err := store.Open(ctx, l.DBPath())
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	svc, err := daemon.New(daemon.Config{
+		Layout:          l,
+		Drivers:         vmm.Registry{vmm.KindQEMU: qemu.New()},
+		DefaultVMM:      o.defaultVMM,
+		GuestCIDR:       o.guestCIDR,
+		GracefulTimeout: o.gracefulTimeout,
+		Logger:          log,
+	}, st)
+	if err != nil {
+		return err
+	}
+	for _, d := range svc.Drivers(ctx) {
+		log.Info("vmm driver", "kind", d.Kind, "available", d.Available, "reason", d.Reason, "version", d.Version)
+	}
+	if err := svc.Reconcile(ctx); err != nil {
+		log.Warn("reconcile left errors", "error", err)
+	}
+	ln, err := server.Listen(l.ControlSocket(), gid)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: server.Handler(svc, log), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("daemon ready", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// VMs keep running: they are re-adopted by the next daemon.
+	log.Info("daemon stopping; vms keep running")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if rerr := os.Remove(l.ControlSocket()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		log.Warn("could not remove the control socket", "error", rerr)
+	}
+	return err
+}
+
+func newLogger(level, file string) (*slog.Logger, func(), error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, nil, errdefs.InvalidArgument("--log-level %q: use debug, info, warn or error", level)
+	}
+	out, closer := os.Stderr, func() {}
+	if file != "" {
+		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+			return nil, nil, err
+		}
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, err
+		}
+		out, closer = f, func() { f.Close() }
+	}
+	return slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: lv})), closer, nil
+}
+
+// lockStateDir makes sure one daemon owns a state dir.
+func lockStateDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, errdefs.Conflict("another banger daemon owns %s (hint: stop it, or use another --state-dir)", dir)
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/api"
+)
+
+func newImageCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Short: "Import and manage guest images"}
+	cmd.AddCommand(newImageImport(g), newImageList(g), newImageShow(g), newImageDelete(g))
+	return cmd
+}
+
+func newImageImport(g *globals) *cobra.Command {
+	var req api.ImportImageRequest
+	cmd := &cobra.Command{
+		Use:   "import NAME --kernel FILE [--initrd FILE] --rootfs FILE",
+		Short: "Import a kernel, optional initramfs and ext4 root filesystem as an image",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			for _, p := range []*string{&req.Kernel, &req.Initrd, &req.Rootfs} {
+				if *p == "" {
+					continue
+				}
+				abs, err := filepath.Abs(*p)
+				if err != nil {
+					return err
+				}
+				*p = abs
+			}
+			im, err := g.client().ImportImage(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return renderImage(cmd.OutOrStdout(), g.output, im)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Kernel, "kernel", "", "kernel: a bzImage (QEMU) or an ELF vmlinux (Firecracker, QEMU)")
+	f.StringVar(&req.Initrd, "initrd", "", "initramfs (optional)")
+	f.StringVar(&req.Rootfs, "rootfs", "", "ext4 root filesystem image")
+	f.StringVar(&req.Cmdline, "cmdline", "", "extra kernel command line the image needs")
+	_ = cmd.MarkFlagRequired("kernel")
+	_ = cmd.MarkFlagRequired("rootfs")
+	return cmd
+}
+
+func newImageList(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List images",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ims, err := g.client().ListImages(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return renderImages(cmd.OutOrStdout(), g.output, ims)
+		},
+	}
+}
+
+func newImageShow(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "show NAME",
+		Aliases: []string{"inspect"},
+		Short:   "Show an image, its manifest and the VMs using it",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			im, err := g.client().GetImage(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return renderImage(cmd.OutOrStdout(), g.output, im)
+		},
+	}
+}
+
+func newImageDelete(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete an image no VM uses",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().DeleteImage(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), args[0])
+			return nil
+		},
+	}
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
+)
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func renderVMs(w io.Writer, format string, vms []api.VM) error {
+	if format == "json" {
+		return writeJSON(w, vms)
+	}
+	t := table(w)
+	fmt.Fprintln(t, "NAME\tID\tSTATE\tVMM\tVCPUS\tMEMORY\tIP\tIMAGE\tPID")
+	for _, v := range vms {
+		pid := "-"
+		if v.Runtime.PID != 0 {
+			pid = strconv.Itoa(v.Runtime.PID)
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, short(v.ID), v.State, v.VMM, v.VCPUs, v.MemoryMiB, dash(v.GuestIP), dash(v.Image), pid)
+	}
+	return t.Flush()
+}
+
+func renderVM(w io.Writer, format string, v api.VM) error {
+	if format == "json" {
+		return writeJSON(w, v)
+	}
+	t := table(w)
+	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
+	row("Name", v.Name)
+	row("ID", v.ID)
+	row("State", v.State)
+	if v.LastError != "" {
+		row("Last error", v.LastError)
+	}
+	row("VMM", v.VMM)
+	row("Image", fmt.Sprintf("%s (%s)", dash(v.Image), short(v.ImageID)))
+	row("vCPUs", strconv.Itoa(v.VCPUs))
+	row("Memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
+	row("Disk", bytesIEC(v.DiskBytes))
+	row("Guest IP", dash(v.GuestIP))
+	if v.Runtime.PID != 0 {
+		row("PID", strconv.Itoa(v.Runtime.PID))
+		row("Accel", dash(v.Runtime.Accel))
+		row("Started", v.Runtime.StartedAt.Local().Format(time.RFC3339))
+	}
+	if v.Runtime.ControlSocket != "" {
+		row("Control socket", v.Runtime.ControlSocket)
+	}
+	if v.Runtime.Tap != "" {
+		row("Tap", v.Runtime.Tap)
+	}
+	if v.Runtime.VsockCID != 0 {
+		row("Vsock", fmt.Sprintf("cid %d at %s", v.Runtime.VsockCID, v.Runtime.VsockPath))
+	}
+	for _, k := range slices.Sorted(maps.Keys(v.Unsupported)) {
+		row("Unsupported", fmt.Sprintf("%s: %s", k, v.Unsupported[k]))
+	}
+	row("Log", v.LogPath)
+	row("Dir", v.VMDir)
+	row("Created", v.CreatedAt.Local().Format(time.RFC3339))
+	row("Updated", v.UpdatedAt.Local().Format(time.RFC3339))
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	if v.LastOperation != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Last operation:")
+		return renderOpDetail(w, *v.LastOperation)
+	}
+	return nil
+}
+
+func renderOps(w io.Writer, format string, ops []api.Operation) error {
+	if format == "json" {
+		return writeJSON(w, ops)
+	}
+	for i, op := range ops {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		if err := renderOpDetail(w, op); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func renderOpDetail(w io.Writer, op api.Operation) error {
+	dur := "running"
+	if !op.EndedAt.IsZero() {
+		dur = (time.Duration(op.DurationMS) * time.Millisecond).String()
+	}
+	fmt.Fprintf(w, "  %s  %s  %s  %s\n", op.StartedAt.Local().Format(time.RFC3339), op.Kind, op.Status, dur)
+	if op.Error != "" {
+		fmt.Fprintf(w, "    error: %s\n", op.Error)
+	}
+	t := table(w)
+	for _, st := range op.Stages {
+		at := "+" + st.At.Sub(op.StartedAt).Round(time.Millisecond).String()
+		fmt.Fprintf(t, "    %s\t%s\t%s\t%s\n", at, st.Name, st.Status, st.Detail)
+	}
+	return t.Flush()
+}
+
+func renderImages(w io.Writer, format string, ims []api.Image) error {
+	if format == "json" {
+		return writeJSON(w, ims)
+	}
+	t := table(w)
+	fmt.Fprintln(t, "NAME\tID\tROOTFS\tINITRD\tCREATED")
+	for _, im := range ims {
+		initrd := "no"
+		if im.InitrdPath != "" {
+			initrd = "yes"
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\n", im.Name, short(im.ID), bytesIEC(im.RootfsBytes), initrd, im.CreatedAt.Local().Format(time.RFC3339))
+	}
+	return t.Flush()
+}
+
+func renderImage(w io.Writer, format string, im api.Image) error {
+	if format == "json" {
+		return writeJSON(w, im)
+	}
+	t := table(w)
+	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
+	row("Name", im.Name)
+	row("ID", im.ID)
+	row("Kernel", im.KernelPath)
+	row("Initrd", dash(im.InitrdPath))
+	row("Rootfs", fmt.Sprintf("%s (%s)", im.RootfsPath, bytesIEC(im.RootfsBytes)))
+	row("Cmdline", dash(im.Cmdline))
+	row("Created", im.CreatedAt.Local().Format(time.RFC3339))
+	row("Used by", dash(strings.Join(im.UsedBy, ", ")))
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	if im.Manifest != nil {
+		fmt.Fprintln(w, "Manifest:")
+		return writeJSON(w, im.Manifest)
+	}
+	return nil
+}
+
+func bytesIEC(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// parseSize reads "512M", "4G", "1.5GiB", "100B" with binary units; a
+// bare number counts in defUnit.
+func parseSize(s string, defUnit int64) (int64, error) {
+	u := strings.ToUpper(strings.TrimSpace(s))
+	num := strings.TrimRightFunc(u, unicode.IsLetter)
+	var mult int64
+	switch u[len(num):] {
+	case "":
+		mult = defUnit
+	case "B":
+		mult = 1
+	case "K", "KB", "KIB":
+		mult = 1 << 10
+	case "M", "MB", "MIB":
+		mult = 1 << 20
+	case "G", "GB", "GIB":
+		mult = 1 << 30
+	case "T", "TB", "TIB":
+		mult = 1 << 40
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if mult == 0 || err != nil || f < 0 || f*float64(mult) > 1<<62 {
+		return 0, errdefs.InvalidArgument("%q is not a size (hint: e.g. 512M, 4G)", s)
+	}
+	return int64(f * float64(mult)), nil
+}

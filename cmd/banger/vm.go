@@ -1,0 +1,236 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/api"
+)
+
+func newVMCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
+	cmd.AddCommand(
+		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
+		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
+	)
+	return cmd
+}
+
+func newVMCreate(g *globals) *cobra.Command {
+	var (
+		req          api.CreateVMRequest
+		memory, disk string
+		quiet        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a VM (stopped, unless --start)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if memory != "" {
+				b, err := parseSize(memory, 1<<20)
+				if err != nil {
+					return err
+				}
+				req.MemoryMiB = int(b >> 20)
+			}
+			if disk != "" {
+				b, err := parseSize(disk, 1<<20)
+				if err != nil {
+					return err
+				}
+				req.DiskBytes = b
+			}
+			v, err := g.client().CreateVM(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if quiet {
+				fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+				return nil
+			}
+			return renderVM(cmd.OutOrStdout(), g.output, v)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Image, "image", "", "image name or id (default: the default image)")
+	f.IntVar(&req.VCPUs, "cpus", 0, "virtual CPUs (default 2)")
+	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
+	f.StringVar(&disk, "disk-size", "", "root disk size, e.g. 4G (default: the image's)")
+	f.StringVar(&req.VMM, "vmm", "", "VMM driver: qemu or firecracker (default: the daemon's)")
+	f.BoolVar(&req.Start, "start", false, "start the VM once created")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print only the VM's id")
+	return cmd
+}
+
+// vmAction is the shape of start, stop, restart and kill.
+func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref string) (api.VM, error)) *cobra.Command {
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   use + " NAME...",
+		Short: short,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var firstErr error
+			for _, ref := range args {
+				v, err := do(cmd, ref)
+				if err != nil {
+					if len(args) == 1 {
+						return err
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
+					if firstErr == nil {
+						firstErr = &exitError{code: exitCode(err)}
+					}
+					continue
+				}
+				if quiet || len(args) > 1 {
+					fmt.Fprintln(cmd.OutOrStdout(), v.Name)
+					continue
+				}
+				if err := renderVM(cmd.OutOrStdout(), g.output, v); err != nil {
+					return err
+				}
+			}
+			return firstErr
+		},
+	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's name")
+	return cmd
+}
+
+func newVMStart(g *globals) *cobra.Command {
+	return vmAction(g, "start", "Start VMs (a running VM is left as is)", func(cmd *cobra.Command, ref string) (api.VM, error) {
+		return g.client().StartVM(cmd.Context(), ref)
+	})
+}
+
+func newVMStop(g *globals) *cobra.Command {
+	var timeout time.Duration
+	cmd := vmAction(g, "stop", "Shut VMs down gracefully (Ctrl-Alt-Del), forcing them after --timeout", func(cmd *cobra.Command, ref string) (api.VM, error) {
+		return g.client().StopVM(cmd.Context(), ref, timeout)
+	})
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long the guest gets to power off (default: the daemon's, 30s)")
+	return cmd
+}
+
+func newVMRestart(g *globals) *cobra.Command {
+	var timeout time.Duration
+	cmd := vmAction(g, "restart", "Stop then start VMs", func(cmd *cobra.Command, ref string) (api.VM, error) {
+		return g.client().RestartVM(cmd.Context(), ref, timeout)
+	})
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long the guest gets to power off (default: the daemon's, 30s)")
+	return cmd
+}
+
+func newVMKill(g *globals) *cobra.Command {
+	var signal string
+	cmd := vmAction(g, "kill", "Signal VMs' VMM processes (default TERM) and clean up", func(cmd *cobra.Command, ref string) (api.VM, error) {
+		return g.client().KillVM(cmd.Context(), ref, signal)
+	})
+	cmd.Flags().StringVarP(&signal, "signal", "s", "TERM", "signal to send, e.g. TERM, KILL, INT")
+	return cmd
+}
+
+func newVMDelete(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME...",
+		Aliases: []string{"rm"},
+		Short:   "Delete VMs: stop them if they run, remove their disks and records",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var firstErr error
+			for _, ref := range args {
+				if err := g.client().DeleteVM(cmd.Context(), ref); err != nil {
+					if len(args) == 1 {
+						return err
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
+					if firstErr == nil {
+						firstErr = &exitError{code: exitCode(err)}
+					}
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), ref)
+			}
+			return firstErr
+		},
+	}
+}
+
+func newVMList(g *globals) *cobra.Command {
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vms, err := g.client().ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if quiet {
+				for _, v := range vms {
+					fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+				}
+				return nil
+			}
+			return renderVMs(cmd.OutOrStdout(), g.output, vms)
+		},
+	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only ids")
+	return cmd
+}
+
+func newVMShow(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "show NAME",
+		Aliases: []string{"inspect"},
+		Short:   "Show a VM, with its last operation",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := g.client().GetVM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return renderVM(cmd.OutOrStdout(), g.output, v)
+		},
+	}
+}
+
+func newVMOps(g *globals) *cobra.Command {
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "ops NAME",
+		Short: "List a VM's operations, newest first, with their stages",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ops, err := g.client().Operations(cmd.Context(), args[0], limit)
+			if err != nil {
+				return err
+			}
+			return renderOps(cmd.OutOrStdout(), g.output, ops)
+		},
+	}
+	cmd.Flags().IntVarP(&limit, "limit", "n", 0, "show only the newest N operations")
+	return cmd
+}
+
+func newVMLogs(g *globals) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's console and VMM log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client().Logs(cmd.Context(), args[0], follow, os.Stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing while the VM runs")
+	return cmd
+}

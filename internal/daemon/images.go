@@ -1,0 +1,152 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/image"
+	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/system"
+)
+
+// ImportImage validates the given files, copies them into the state dir and
+// records the image. On any failure nothing is recorded and nothing is left.
+func (s *Service) ImportImage(ctx context.Context, req api.ImportImageRequest) (*model.Image, error) {
+	if err := ValidateName("image", req.Name); err != nil {
+		return nil, err
+	}
+	for what, p := range map[string]string{"kernel": req.Kernel, "rootfs": req.Rootfs, "initrd": req.Initrd} {
+		if p != "" && !filepath.IsAbs(p) {
+			return nil, errdefs.InvalidArgument("%s path %q is not absolute", what, p)
+		}
+	}
+	if req.Kernel == "" || req.Rootfs == "" {
+		return nil, errdefs.InvalidArgument("an image needs a kernel and a rootfs (hint: --kernel FILE --rootfs FILE)")
+	}
+	if _, err := s.store.ResolveImage(ctx, req.Name); err == nil {
+		return nil, errdefs.AlreadyExists("image %q already exists (hint: pick another name, or delete it first)", req.Name)
+	}
+	if err := image.CheckKernel(req.Kernel); err != nil {
+		return nil, errdefs.InvalidArgument("%w", err)
+	}
+	if req.Initrd != "" {
+		if err := image.CheckInitrd(req.Initrd); err != nil {
+			return nil, errdefs.InvalidArgument("%w", err)
+		}
+	}
+	size, err := image.CheckExt4(req.Rootfs)
+	if err != nil {
+		return nil, errdefs.InvalidArgument("%w", err)
+	}
+
+	im := &model.Image{ID: system.NewID(), Name: req.Name, RootfsBytes: size, Cmdline: req.Cmdline}
+	dir := s.layout.Image(im.ID)
+	im.KernelPath, im.RootfsPath = dir.Kernel(), dir.Rootfs()
+	if req.Initrd != "" {
+		im.InitrdPath = dir.Initrd()
+	}
+	err = s.placeImage(ctx, im, func(tmp string) error {
+		// The temporary dir is renamed to dir: same file names.
+		in := func(final string) string { return filepath.Join(tmp, filepath.Base(final)) }
+		if err := image.CopyFile(req.Kernel, in(im.KernelPath)); err != nil {
+			return fmt.Errorf("copy kernel: %w", err)
+		}
+		if im.InitrdPath != "" {
+			if err := image.CopyFile(req.Initrd, in(im.InitrdPath)); err != nil {
+				return fmt.Errorf("copy initrd: %w", err)
+			}
+		}
+		if err := s.cfg.Storage.Create(ctx, req.Rootfs, in(im.RootfsPath), size); err != nil {
+			return fmt.Errorf("copy rootfs: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("image imported", "image", im.Name, "image_id", im.ID, "rootfs_bytes", im.RootfsBytes)
+	return im, nil
+}
+
+// placeImage fills a fresh temporary directory with fill, renames it to the
+// image's directory and records the image; on failure it removes both. The
+// caller has set im's paths to their final places in that directory.
+func (s *Service) placeImage(ctx context.Context, im *model.Image, fill func(dir string) error) error {
+	dir := s.layout.Image(im.ID)
+	tmp, err := os.MkdirTemp(s.layout.ImagesDir(), ".import-")
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		if rerr := os.RemoveAll(tmp); rerr != nil {
+			s.log.Warn("could not remove a temporary image dir", "dir", tmp, "error", rerr)
+		}
+		return err
+	}
+	if err := fill(tmp); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, dir.Path()); err != nil {
+		return fail(err)
+	}
+	if err := s.store.InsertImage(context.WithoutCancel(ctx), im); err != nil {
+		if rerr := removeAllIn(s.layout.ImagesDir(), dir.Path()); rerr != nil {
+			s.log.Warn("could not remove an unrecorded image dir", "dir", dir.Path(), "error", rerr)
+		}
+		return err
+	}
+	return nil
+}
+
+// DeleteImage removes an image, refusing while VMs use it.
+func (s *Service) DeleteImage(ctx context.Context, ref string) error {
+	var im *model.Image
+	err := s.store.Transaction(ctx, func(tx *store.Tx) error {
+		var err error
+		if im, err = tx.ResolveImage(ctx, ref); err != nil {
+			return err
+		}
+		if err := tx.DeleteImage(ctx, im.ID); err != nil {
+			return fmt.Errorf("delete image %q: %w", im.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := removeAllIn(s.layout.ImagesDir(), s.layout.Image(im.ID).Path()); err != nil {
+		return fmt.Errorf("image %q deleted, but its files were not: %w", im.Name, err)
+	}
+	s.log.Info("image deleted", "image", im.Name, "image_id", im.ID)
+	return nil
+}
+
+// GetImage resolves an image and the names of the VMs using it.
+func (s *Service) GetImage(ctx context.Context, ref string) (*model.Image, []string, error) {
+	var (
+		im    *model.Image
+		users []string
+	)
+	err := s.store.Transaction(ctx, func(tx *store.Tx) error {
+		var err error
+		if im, err = tx.ResolveImage(ctx, ref); err != nil {
+			return err
+		}
+		vms, err := tx.VMsUsingImage(ctx, im.ID)
+		for _, v := range vms {
+			users = append(users, v.Name)
+		}
+		return err
+	})
+	return im, users, err
+}
+
+// ListImages returns every image.
+func (s *Service) ListImages(ctx context.Context) ([]*model.Image, error) {
+	return s.store.ListImages(ctx)
+}

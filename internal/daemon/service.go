@@ -1,0 +1,210 @@
+// Package daemon is banger's VM service: the lifecycle of every VM, built
+// as named steps that roll back in reverse; per-VM locks; the operation
+// journal; image import; and reconciliation with the host at start-up.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"regexp"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/storage"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// Defaults.
+const (
+	DefaultGracefulTimeout = 30 * time.Second
+	DefaultKillTimeout     = 30 * time.Second
+	DefaultImage           = "default"
+	DefaultVCPUs           = 2
+	DefaultMemoryMiB       = 1024
+	MaxVCPUs               = 32 // Firecracker's limit; banger applies it to every driver
+	MinMemoryMiB           = 64
+
+	// recordTimeout bounds writes that must happen after a request is gone.
+	recordTimeout = 10 * time.Second
+)
+
+// Config is what the daemon is wired with.
+type Config struct {
+	Layout          layout.Layout
+	Drivers         vmm.Registry
+	DefaultVMM      string
+	Storage         storage.Strategy
+	GuestCIDR       string
+	GracefulTimeout time.Duration
+	KillTimeout     time.Duration
+	Logger          *slog.Logger
+}
+
+// Service owns every VM and image. All methods are safe for concurrent use.
+type Service struct {
+	cfg    Config
+	layout layout.Layout
+	store  *store.Store
+	log    *slog.Logger
+	locks  *vmLocks
+	pool   network.Pool
+	// signal sends signals to VMM processes; tests replace it.
+	signal func(pid int, startTime uint64, sig syscall.Signal) error
+}
+
+// New wires a service onto an open store. It does not touch VMs: call
+// Reconcile before serving requests.
+func New(cfg Config, st *store.Store) (*Service, error) {
+	if cfg.GracefulTimeout <= 0 {
+		cfg.GracefulTimeout = DefaultGracefulTimeout
+	}
+	if cfg.KillTimeout <= 0 {
+		cfg.KillTimeout = DefaultKillTimeout
+	}
+	if cfg.Storage == nil {
+		cfg.Storage = storage.SparseCopy{}
+	}
+	if cfg.GuestCIDR == "" {
+		cfg.GuestCIDR = network.DefaultCIDR
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.Drivers) == 0 {
+		return nil, errors.New("no vmm driver configured")
+	}
+	if _, ok := cfg.Drivers[cfg.DefaultVMM]; !ok {
+		return nil, errdefs.InvalidArgument("default vmm %q is not one of this daemon's drivers", cfg.DefaultVMM)
+	}
+	pool, err := network.NewPool(cfg.GuestCIDR)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, signal: system.Signal}, nil
+}
+
+// Store exposes the store for read-only API queries.
+func (s *Service) Store() *store.Store { return s.store }
+
+// Drivers returns what every configured driver reports about this host.
+func (s *Service) Drivers(ctx context.Context) []vmm.Info {
+	var out []vmm.Info
+	for _, kind := range slices.Sorted(maps.Keys(s.cfg.Drivers)) {
+		out = append(out, s.cfg.Drivers[kind].Probe(ctx))
+	}
+	return out
+}
+
+func (s *Service) DefaultVMM() string { return s.cfg.DefaultVMM }
+
+func (s *Service) driver(kind string) (vmm.Driver, error) {
+	d, ok := s.cfg.Drivers[kind]
+	if !ok {
+		return nil, errdefs.NotSupported("vmm %q is not available in this daemon", kind)
+	}
+	return d, nil
+}
+
+// nameRE is a DNS label: VM names become guest hostnames.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+const maxNameLen = 63
+
+// ValidateName checks a VM or image name.
+func ValidateName(kind, name string) error {
+	switch {
+	case name == "":
+		return errdefs.InvalidArgument("%s name is empty (hint: names are 1-%d lowercase letters, digits and inner hyphens)", kind, maxNameLen)
+	case len(name) > maxNameLen:
+		return errdefs.InvalidArgument("%s name %q is %d characters, over the limit of %d", kind, name, len(name), maxNameLen)
+	case !nameRE.MatchString(name):
+		return errdefs.InvalidArgument("%s name %q is not valid (hint: use lowercase letters, digits and inner hyphens, like \"web-1\")", kind, name)
+	}
+	return nil
+}
+
+// withVM resolves ref, takes the VM's lock, re-reads the record under it
+// and runs fn. The record fn gets is current: nobody else can change it.
+func (s *Service) withVM(ctx context.Context, ref string, fn func(v *model.VM) error) error {
+	v, err := s.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.locks.lock(ctx, v.ID)
+	if err != nil {
+		return fmt.Errorf("waiting for vm %q: %w", v.Name, err)
+	}
+	defer unlock()
+	v, err = s.store.GetVM(ctx, v.ID)
+	if err != nil {
+		return errdefs.NotFound("vm %q was deleted meanwhile", ref)
+	}
+	return fn(v)
+}
+
+func (s *Service) alive(v *model.VM) bool {
+	return system.Alive(v.Runtime.PID, v.Runtime.PIDStartTime)
+}
+
+// GetVM returns the VM ref names, without locking.
+func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
+	return s.store.ResolveVM(ctx, ref)
+}
+
+// ListVMs returns every VM.
+func (s *Service) ListVMs(ctx context.Context) ([]*model.VM, error) {
+	return s.store.ListVMs(ctx)
+}
+
+// Operations returns a VM's journal, newest first.
+func (s *Service) Operations(ctx context.Context, ref string, limit int) ([]*model.Operation, error) {
+	v, err := s.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.store.ListOperations(ctx, v.ID, limit)
+}
+
+// vmAttrs are the attributes every warning about a VM carries.
+func vmAttrs(v *model.VM) []any {
+	return []any{"vm", v.Name, "vm_id", v.ID, "state", string(v.State), "pid", v.Runtime.PID, "vmm", v.VMM, "log_path", v.LogPath}
+}
+
+func removeAllIn(parent, dir string) error {
+	if dir == "" || dir == parent || !isUnder(parent, dir) {
+		return fmt.Errorf("refusing to remove %q: not under %q", dir, parent)
+	}
+	return os.RemoveAll(dir)
+}
+
+// Layout is where the daemon keeps its files.
+func (s *Service) Layout() layout.Layout { return s.layout }
+
+// Unsupported lists the features v's driver does not offer on this host,
+// with the reason, so `vm show` says so instead of leaving a silent gap.
+func (s *Service) Unsupported(ctx context.Context, v *model.VM) map[string]string {
+	d, err := s.driver(v.VMM)
+	if err != nil {
+		return map[string]string{"vmm": err.Error()}
+	}
+	info := d.Probe(ctx)
+	out := map[string]string{}
+	if !info.Features.Vsock {
+		out["vsock"] = fmt.Sprintf("the %s driver offers no vsock device on this host", v.VMM)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}

@@ -1,0 +1,187 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/vmm"
+)
+
+// Step names of vm.start.
+const (
+	StepImageCheck    = "image.check"
+	StepVMMPrepare    = "vmm.prepare"
+	StepVMMLaunch     = "vmm.launch"
+	StepRecordPID     = "vm.record-pid"
+	StepVMMBoot       = "vmm.boot"
+	StepRecordRunning = "vm.record-running"
+)
+
+// baseKernelArgs are what every banger guest boots with; drivers add their
+// console settings, images add what they need.
+const baseKernelArgs = "root=/dev/vda rw panic=1"
+
+// StartVM starts a VM. A running VM is returned as is.
+func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
+	var out *model.VM
+	err := s.withVM(ctx, ref, func(v *model.VM) error {
+		op := s.begin(ctx, "vm.start", v)
+		var err error
+		out, err = s.startLocked(ctx, v, op)
+		return op.finish(err)
+	})
+	return out, err
+}
+
+// startLocked runs the start steps; the caller holds the VM's lock.
+func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
+	if s.alive(v) {
+		op.Note("vm.already-running", fmt.Sprintf("pid %d", v.Runtime.PID))
+		op.log.Info("vm already running", "pid", v.Runtime.PID)
+		return v, nil
+	}
+	drv, err := s.driver(v.VMM)
+	if err != nil {
+		return v, err
+	}
+	img, err := s.store.ResolveImage(ctx, v.ImageID)
+	if err != nil {
+		return v, fmt.Errorf("image of vm %q: %w", v.Name, err)
+	}
+	spec, err := s.startSpec(v, img)
+	if err != nil {
+		return v, err
+	}
+	if err := drv.Validate(spec); err != nil {
+		return v, err
+	}
+
+	// Record the names before the host is touched, so whatever a crash
+	// leaves behind can be found and removed.
+	v.State, v.LastError = model.StateStarting, ""
+	v.Runtime = model.Runtime{ControlSocket: spec.ControlSocket, VsockPath: spec.VsockPath, VsockCID: spec.VsockCID, Tap: spec.Tap}
+	if err := s.store.UpdateVM(ctx, v); err != nil {
+		return v, err
+	}
+
+	var proc vmm.Process
+	steps := []Step{
+		{Name: StepImageCheck, Do: func(context.Context) error { return checkBootFiles(spec) }},
+		{Name: StepVMMPrepare,
+			Do:   func(ctx context.Context) error { return drv.Cleanup(ctx, spec) }, // files a crash left
+			Undo: func(ctx context.Context) error { return drv.Cleanup(ctx, spec) }},
+		{Name: StepVMMLaunch,
+			Do: func(ctx context.Context) error {
+				p, err := drv.Launch(ctx, spec)
+				proc = p
+				return err
+			},
+			Undo: func(ctx context.Context) error { return s.killProcess(ctx, proc) }},
+		{Name: StepRecordPID, Do: func(ctx context.Context) error {
+			v.Runtime.PID, v.Runtime.PIDStartTime = proc.PID, proc.StartTime
+			v.Runtime.Accel = drv.Probe(ctx).Accel
+			return s.store.UpdateVM(ctx, v)
+		}},
+		{Name: StepVMMBoot, Do: func(ctx context.Context) error { return drv.Boot(ctx, spec) }},
+		{Name: StepRecordRunning, Do: func(ctx context.Context) error {
+			v.State, v.Runtime.StartedAt = model.StateRunning, time.Now().UTC()
+			return s.store.UpdateVM(ctx, v)
+		}},
+	}
+	if err := RunSteps(ctx, steps, op); err != nil {
+		return v, s.recordStartFailure(ctx, v, op, err)
+	}
+	op.log.Info("vm running", "pid", v.Runtime.PID, "accel", v.Runtime.Accel)
+	return v, nil
+}
+
+// recordStartFailure records state=error with the message, clears the
+// runtime, on a context that outlives the request. The error returned is
+// the start's, naming the VM's log; a failed write is logged, not returned.
+func (s *Service) recordStartFailure(ctx context.Context, v *model.VM, op *operation, cause error) error {
+	err := fmt.Errorf("start vm %q: %w (vm log: %s)", v.Name, cause, v.LogPath)
+	if c := errdefs.ClassOf(cause); c != errdefs.ClassInternal {
+		err = errdefs.New(c, err.Error()) // keep the class of the cause
+	}
+	v.State, v.LastError, v.Runtime = model.StateError, err.Error(), model.Runtime{}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if werr := s.store.UpdateVM(wctx, v); werr != nil {
+		op.log.Warn("could not record the failed start", append(vmAttrs(v), "error", werr, "start_error", err)...)
+	}
+	return err
+}
+
+// startSpec derives every per-VM name from the short ID, once.
+func (s *Service) startSpec(v *model.VM, img *model.Image) (vmm.Spec, error) {
+	short := v.Short()
+	spec := s.runtimeSpec(v)
+	spec.Kernel, spec.Initrd = img.KernelPath, img.InitrdPath
+	spec.KernelArgs = strings.TrimSpace(baseKernelArgs + " " + img.Cmdline)
+	spec.ControlSocket = s.layout.VMMSocket(short)
+	spec.VsockPath = s.layout.VsockPath(short)
+	if spec.VsockCID == 0 {
+		cid, err := network.CIDFor(v.GuestIP)
+		if err != nil {
+			return spec, err
+		}
+		spec.VsockCID = cid
+	}
+	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
+		if err := layout.CheckSocketPath(p); err != nil {
+			return spec, errdefs.InvalidArgument("%w", err)
+		}
+	}
+	return spec, nil
+}
+
+// runtimeSpec is the spec of a VM as recorded: what teardown acts on.
+func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
+	return vmm.Spec{
+		ID: v.ID, Name: v.Name, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+		RootDisk:      s.layout.VM(v.ID).RootDisk(),
+		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
+		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
+	}
+}
+
+func checkBootFiles(spec vmm.Spec) error {
+	check := func(what, p string) error {
+		if p == "" {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return errdefs.FailedPrecondition("%s %s is missing (hint: re-import or rebuild the image)", what, p)
+			}
+			return errdefs.FailedPrecondition("%s %s: %w", what, p, err)
+		}
+		return f.Close()
+	}
+	return errors.Join(check("kernel", spec.Kernel), check("initrd", spec.Initrd), check("root disk", spec.RootDisk))
+}
+
+// killProcess SIGKILLs p and waits for it to be gone.
+func (s *Service) killProcess(ctx context.Context, p vmm.Process) error {
+	if p.PID == 0 {
+		return nil
+	}
+	if err := s.signal(p.PID, p.StartTime, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !system.WaitExit(ctx, p.PID, p.StartTime, s.cfg.KillTimeout) {
+		return fmt.Errorf("vmm pid %d still alive %s after SIGKILL", p.PID, s.cfg.KillTimeout)
+	}
+	return nil
+}

@@ -1,0 +1,181 @@
+// Package store persists images, VMs and the operation journal in SQLite.
+// It maps "no rows" to errdefs.ErrNotFound and uniqueness violations to
+// errdefs.ErrAlreadyExists; callers never see driver errors' text as API.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/banger-vm/banger/errdefs"
+)
+
+// Store is banger's database.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(ctx context.Context, path string) (*Store, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *Store) Close() error { return s.db.Close() }
+
+// migrations are applied in order; PRAGMA user_version counts those applied.
+// Never edit one that has shipped: append.
+var migrations = []string{
+	`CREATE TABLE images (
+		id           TEXT PRIMARY KEY,
+		name         TEXT NOT NULL UNIQUE,
+		kernel_path  TEXT NOT NULL,
+		initrd_path  TEXT NOT NULL DEFAULT '',
+		rootfs_path  TEXT NOT NULL,
+		rootfs_bytes INTEGER NOT NULL,
+		cmdline      TEXT NOT NULL DEFAULT '',
+		manifest     BLOB,
+		created_at   INTEGER NOT NULL
+	);
+	CREATE TABLE vms (
+		id             TEXT PRIMARY KEY,
+		name           TEXT NOT NULL UNIQUE,
+		image_id       TEXT NOT NULL REFERENCES images(id),
+		vcpus          INTEGER NOT NULL,
+		memory_mib     INTEGER NOT NULL,
+		disk_bytes     INTEGER NOT NULL,
+		vmm            TEXT NOT NULL,
+		state          TEXT NOT NULL,
+		guest_ip       TEXT UNIQUE,
+		vm_dir         TEXT NOT NULL,
+		log_path       TEXT NOT NULL,
+		last_error     TEXT NOT NULL DEFAULT '',
+		pid            INTEGER NOT NULL DEFAULT 0,
+		pid_start_time INTEGER NOT NULL DEFAULT 0,
+		control_socket TEXT NOT NULL DEFAULT '',
+		vsock_path     TEXT NOT NULL DEFAULT '',
+		vsock_cid      INTEGER NOT NULL DEFAULT 0,
+		tap            TEXT NOT NULL DEFAULT '',
+		dm_name        TEXT NOT NULL DEFAULT '',
+		accel          TEXT NOT NULL DEFAULT '',
+		started_at     INTEGER NOT NULL DEFAULT 0,
+		created_at     INTEGER NOT NULL,
+		updated_at     INTEGER NOT NULL
+	);
+	CREATE TABLE operations (
+		id         INTEGER PRIMARY KEY AUTOINCREMENT,
+		vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		kind       TEXT NOT NULL,
+		status     TEXT NOT NULL,
+		error      TEXT NOT NULL DEFAULT '',
+		stages     TEXT NOT NULL DEFAULT '[]',
+		started_at INTEGER NOT NULL,
+		ended_at   INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX operations_vm ON operations(vm_id, id);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	return s.Transaction(ctx, func(tx *Tx) error {
+		var v int
+		if err := tx.tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+			return err
+		}
+		if v > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this banger (%d) (hint: upgrade banger)", v, len(migrations))
+		}
+		for i := v; i < len(migrations); i++ {
+			if _, err := tx.tx.ExecContext(ctx, migrations[i]); err != nil {
+				return fmt.Errorf("migration %d: %w", i+1, err)
+			}
+		}
+		_, err := tx.tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, len(migrations)))
+		return err
+	})
+}
+
+// Tx is one transaction. Its methods are the store's queries.
+type Tx struct {
+	tx *sql.Tx
+}
+
+// Transaction runs fn in a write transaction, committing if fn returns nil.
+func (s *Store) Transaction(ctx context.Context, fn func(*Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	if err := fn(&Tx{tx: tx}); err != nil {
+		if rbErr := tx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+			return errors.Join(err, fmt.Errorf("rollback: %w", rbErr))
+		}
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// view runs fn in a transaction and returns its value.
+func view[T any](ctx context.Context, s *Store, fn func(*Tx) (T, error)) (T, error) {
+	var out T
+	err := s.Transaction(ctx, func(tx *Tx) error {
+		var err error
+		out, err = fn(tx)
+		return err
+	})
+	return out, err
+}
+
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return true
+		}
+	}
+	return false
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func notFound(err error, format string, args ...any) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return errdefs.NotFound(format, args...)
+	}
+	return err
+}

@@ -1,0 +1,86 @@
+// Package vmm defines what banger needs from a virtual machine monitor.
+// Drivers (vmm/qemu, vmm/firecracker) implement Driver; the daemon never
+// branches on a driver's kind, it reads what a driver offers from Info.
+package vmm
+
+import (
+	"context"
+	"time"
+)
+
+// Kinds of driver.
+const (
+	KindQEMU        = "qemu"
+	KindFirecracker = "firecracker"
+)
+
+// Spec is everything a driver needs to run one VM. The daemon derives every
+// path and name before the first step runs, so all steps see the same values.
+type Spec struct {
+	ID         string
+	Name       string
+	VCPUs      int
+	MemoryMiB  int
+	Kernel     string
+	Initrd     string // optional
+	KernelArgs string
+	RootDisk   string
+
+	ControlSocket string // QMP socket or Firecracker API socket
+	VsockPath     string
+	VsockCID      uint32
+	Tap           string // empty: no network device
+	MAC           string
+	LogPath       string // console and VMM output
+	VMDir         string
+}
+
+// Process identifies a running VMM process across daemon restarts.
+type Process struct {
+	PID       int
+	StartTime uint64
+}
+
+// Features are optional abilities, as data.
+type Features struct {
+	Vsock bool `json:"vsock"`
+}
+
+// Info describes a driver on this host.
+type Info struct {
+	Kind      string   `json:"kind"`
+	Available bool     `json:"available"`
+	Reason    string   `json:"reason"` // why it is (not) available, and with what acceleration
+	Binary    string   `json:"binary,omitempty"`
+	Version   string   `json:"version,omitempty"`
+	Accel     string   `json:"accel,omitempty"` // "kvm" or "tcg"
+	Features  Features `json:"features"`
+}
+
+// Driver runs VMs of one kind. Every method takes the same Spec the daemon
+// derived for the VM; Launch, Boot and Shutdown act on the VM's VMM process
+// through Spec.ControlSocket.
+type Driver interface {
+	Kind() string
+	// Probe reports whether this host can run the driver.
+	Probe(ctx context.Context) Info
+	// Validate rejects a spec this driver cannot run, before anything starts.
+	Validate(spec Spec) error
+	// Launch starts the VMM process with the VM configured but not yet
+	// running, and returns once its control socket answers.
+	Launch(ctx context.Context, spec Spec) (Process, error)
+	// Boot starts the guest.
+	Boot(ctx context.Context, spec Spec) error
+	// Shutdown asks the guest to shut down (Ctrl-Alt-Del) and returns
+	// without waiting for the process to exit.
+	Shutdown(ctx context.Context, spec Spec) error
+	// Cleanup removes what the driver created for the VM (sockets, jail).
+	// It is idempotent and runs after the process is gone.
+	Cleanup(ctx context.Context, spec Spec) error
+}
+
+// Registry is the explicit set of drivers the daemon was built with.
+type Registry map[string]Driver
+
+// SocketTimeout bounds how long Launch waits for a control socket.
+const SocketTimeout = 10 * time.Second
