@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
 )
 
 func newVMCommand(g *globals) *cobra.Command {
@@ -31,10 +32,16 @@ func newVMCreate(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
+			if cmd.Flags().Changed("cpus") && req.VCPUs <= 0 {
+				return errdefs.InvalidArgument("--cpus %d: a VM needs at least one vCPU", req.VCPUs)
+			}
 			if memory != "" {
 				b, err := parseSize(memory, 1<<20)
 				if err != nil {
 					return err
+				}
+				if b < 1<<20 {
+					return errdefs.InvalidArgument("--memory %q is less than 1 MiB (hint: e.g. 512M or 2G)", memory)
 				}
 				req.MemoryMiB = int(b >> 20)
 			}
@@ -42,6 +49,9 @@ func newVMCreate(g *globals) *cobra.Command {
 				b, err := parseSize(disk, 1<<20)
 				if err != nil {
 					return err
+				}
+				if b == 0 {
+					return errdefs.InvalidArgument("--disk-size %q is zero", disk)
 				}
 				req.DiskBytes = b
 			}

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/testutil"
 	"github.com/banger-vm/banger/internal/vmm"
 	"github.com/banger-vm/banger/internal/vmm/vmmtest"
 )
@@ -48,25 +48,6 @@ type env struct {
 	logs   *syncBuffer
 }
 
-// fakeImageFiles writes a file that passes the bzImage check and a 1 MiB
-// file that passes the ext4 check.
-func fakeImageFiles(t *testing.T, dir string) (kernel, rootfs string) {
-	t.Helper()
-	kernel = filepath.Join(dir, "vmlinuz")
-	k := make([]byte, 0x400)
-	copy(k[0x202:], "HdrS")
-	if err := os.WriteFile(kernel, k, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rootfs = filepath.Join(dir, "root.ext4")
-	r := make([]byte, 1<<20)
-	binary.LittleEndian.PutUint16(r[1024+0x38:], 0xef53)
-	if err := os.WriteFile(rootfs, r, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return kernel, rootfs
-}
-
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
@@ -89,7 +70,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, svc: svc, st: st, fake: fake, layout: l, logs: logs}
-	kernel, rootfs := fakeImageFiles(t, dir)
+	kernel, rootfs := testutil.FakeImageFiles(t, dir)
 	if _, err := svc.ImportImage(context.Background(), api.ImportImageRequest{Name: DefaultImage, Kernel: kernel, Rootfs: rootfs}); err != nil {
 		t.Fatal(err)
 	}

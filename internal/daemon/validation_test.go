@@ -13,6 +13,7 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
+	"github.com/banger-vm/banger/internal/testutil"
 )
 
 func (e *env) assertNothingCreated() {
@@ -118,7 +119,7 @@ func TestVMAddressedByNameIDAndPrefix(t *testing.T) {
 func TestImportRejectsBadFiles(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
-	kernel, rootfs := fakeImageFiles(t, dir)
+	kernel, rootfs := testutil.FakeImageFiles(t, dir)
 	junk := filepath.Join(dir, "junk")
 	os.WriteFile(junk, []byte("hello, not a kernel, definitely not ext4"), 0o644)
 	before, _ := os.ReadDir(e.layout.ImagesDir())

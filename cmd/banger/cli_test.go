@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
+)
+
+var sampleVM = api.VM{
+	ID: "0123456789abcdef0123456789abcdef", Name: "web", ImageID: "fedcba9876543210", Image: "default",
+	VCPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, VMM: "qemu", State: "running", GuestIP: "172.30.0.2",
+	LogPath: "/var/lib/banger/vms/0123/vm.log", VMDir: "/var/lib/banger/vms/0123",
+	Runtime:   api.Runtime{PID: 4242, Accel: "tcg", ControlSocket: "/run/banger/fc-01234567.sock", StartedAt: time.Unix(1000, 0)},
+	CreatedAt: time.Unix(900, 0), UpdatedAt: time.Unix(1000, 0),
+	LastOperation: &api.Operation{ID: 3, Kind: "vm.start", Status: "done", StartedAt: time.Unix(999, 0), EndedAt: time.Unix(1000, 0), DurationMS: 1000,
+		Stages: []api.Stage{{Name: "vmm.launch", Status: "done", At: time.Unix(999, 500)}}},
+	Unsupported: map[string]string{"vsock": "the qemu driver offers no vsock device on this host"},
+}
+
+func TestRenderVMTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := renderVMs(&b, "table", []api.VM{sampleVM}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "NAME") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	for _, want := range []string{"web", "0123456789ab", "running", "qemu", "1024MiB", "172.30.0.2", "default", "4242"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row %q lacks %q", lines[1], want)
+		}
+	}
+	b.Reset()
+	if err := renderVM(&b, "table", sampleVM); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"State:", "running", "PID:", "4242", "Unsupported:", "vsock: the qemu driver", "Last operation:", "vm.start", "vmm.launch", "Disk:", "4.0 GiB"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("show output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestRenderJSONIsTheAPIStruct(t *testing.T) {
+	var b bytes.Buffer
+	if err := renderVMs(&b, "json", []api.VM{sampleVM}); err != nil {
+		t.Fatal(err)
+	}
+	var back []api.VM
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatalf("json output does not parse: %v\n%s", err, b.String())
+	}
+	if len(back) != 1 || back[0].ID != sampleVM.ID || back[0].Runtime.PID != 4242 || back[0].LastOperation.Stages[0].Name != "vmm.launch" {
+		t.Fatalf("round trip: %+v", back)
+	}
+	b.Reset()
+	if err := renderImage(&b, "json", api.Image{Name: "default", Manifest: map[string]any{"release": "bookworm"}}); err != nil {
+		t.Fatal(err)
+	}
+	var im api.Image
+	if err := json.Unmarshal(b.Bytes(), &im); err != nil || im.Name != "default" {
+		t.Fatalf("image json: %v %s", err, b.String())
+	}
+}
+
+func TestRenderOpsAndImages(t *testing.T) {
+	var b bytes.Buffer
+	ops := []api.Operation{*sampleVM.LastOperation, {Kind: "vm.stop", Status: "failed", Error: "boom", StartedAt: time.Unix(5, 0)}}
+	if err := renderOps(&b, "table", ops); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"vm.start", "done", "vmm.launch", "vm.stop", "failed", "error: boom", "running"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("ops output lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	renderImages(&b, "table", []api.Image{{ID: "abcdef0123456789", Name: "default", RootfsBytes: 1 << 30, InitrdPath: "/x"}})
+	if !strings.Contains(b.String(), "default") || !strings.Contains(b.String(), "1.0 GiB") || !strings.Contains(b.String(), "yes") {
+		t.Fatalf("images:\n%s", b.String())
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	for err, want := range map[error]int{
+		errdefs.InvalidArgument("x"):    exitInvalidArgument,
+		errdefs.NotFound("x"):           exitNotFound,
+		errdefs.AlreadyExists("x"):      exitAlreadyExists,
+		errdefs.Conflict("x"):           exitAlreadyExists,
+		errdefs.FailedPrecondition("x"): exitFailedPrecondition,
+		errdefs.Unavailable("x"):        exitUnavailable,
+		errdefs.NotSupported("x"):       exitNotSupported,
+		errors.New("x"):                 exitInternal,
+		&exitError{code: 42}:            42,
+	} {
+		if got := exitCode(err); got != want {
+			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"512M": 512 << 20, "4G": 4 << 30, "1.5GiB": 3 << 29, "100B": 100, "2048": 2048 << 20, "1t": 1 << 40} {
+		got, err := parseSize(in, 1<<20)
+		if err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "G", "-1G", "4X", "four", "1e30G"} {
+		if _, err := parseSize(bad, 1<<20); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// run executes the CLI with args against a daemon that is not there.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"--runtime-dir", t.TempDir()}, args...))
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestCLIRejectsBadInputBeforeCallingTheDaemon(t *testing.T) {
+	for _, args := range [][]string{
+		{"vm", "create", "web", "--cpus", "0"},
+		{"vm", "create", "web", "--cpus", "-2"},
+		{"vm", "create", "web", "--memory", "0"},
+		{"vm", "create", "web", "--memory", "lots"},
+		{"vm", "create", "web", "--disk-size", "0"},
+		{"vm", "list", "--output", "yaml"},
+		{"vm", "create", "web", "--bogus"},
+	} {
+		_, err := run(t, args...)
+		if exitCode(err) != exitInvalidArgument {
+			t.Errorf("%v: err %v (exit %d), want invalid argument", args, err, exitCode(err))
+		}
+	}
+	// Well-formed input reaches for the daemon, which is not running.
+	if _, err := run(t, "vm", "create", "web", "--cpus", "1"); exitCode(err) != exitUnavailable {
+		t.Fatalf("no daemon: %v", err)
+	}
+}

@@ -1,0 +1,212 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/client"
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/testutil"
+	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/vmmtest"
+)
+
+type harness struct {
+	c      *client.Client
+	socket string
+	dir    string
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	l := layout.Layout{StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run")}
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), l.DBPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := vmmtest.New()
+	svc, err := daemon.New(daemon.Config{Layout: l, Drivers: vmm.Registry{"fake": fake}, DefaultVMM: "fake",
+		GracefulTimeout: 5 * time.Second, KillTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := Listen(l.ControlSocket(), -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: Handler(svc, slog.New(slog.DiscardHandler))}
+	go srv.Serve(ln)
+	c := client.New(l.ControlSocket())
+	t.Cleanup(func() {
+		vms, _ := c.ListVMs(context.Background())
+		for _, v := range vms {
+			c.DeleteVM(context.Background(), v.ID)
+		}
+		srv.Close()
+		st.Close()
+	})
+	return &harness{c: c, socket: l.ControlSocket(), dir: dir}
+}
+
+func (h *harness) importImage(t *testing.T) {
+	t.Helper()
+	kernel, rootfs := testutil.FakeImageFiles(t, h.dir)
+	if _, err := h.c.ImportImage(context.Background(), api.ImportImageRequest{Name: "default", Kernel: kernel, Rootfs: rootfs}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStatusMapping(t *testing.T) {
+	want := map[errdefs.Class]int{
+		errdefs.ClassNotFound: 404, errdefs.ClassAlreadyExists: 409, errdefs.ClassConflict: 409,
+		errdefs.ClassInvalidArgument: 400, errdefs.ClassFailedPrecondition: 412, errdefs.ClassUnavailable: 503,
+		errdefs.ClassNotSupported: 501, errdefs.ClassInternal: 500,
+	}
+	for c, status := range want {
+		if got := StatusOf(c); got != status {
+			t.Errorf("StatusOf(%s) = %d, want %d", c, got, status)
+		}
+	}
+}
+
+func TestErrorsCrossTheWireWithTheirClass(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	_, err := h.c.GetVM(ctx, "ghost")
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), `vm "ghost" not found`) {
+		t.Fatalf("not found: %v", err)
+	}
+	_, err = h.c.CreateVM(ctx, api.CreateVMRequest{Name: "../x"})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("invalid: %v", err)
+	}
+	_, err = h.c.KillVM(ctx, "ghost", "NOPE")
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("bad signal must be rejected before the lookup: %v", err)
+	}
+	_, err = h.c.CreateVM(ctx, api.CreateVMRequest{Name: "web"})
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "banger image build") {
+		t.Fatalf("missing default image: %v", err)
+	}
+	h.importImage(t)
+	if _, err := h.c.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, MemoryMiB: 128}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.c.CreateVM(ctx, api.CreateVMRequest{Name: "web"}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if err := h.c.DeleteImage(ctx, "default"); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), `"web"`) {
+		t.Fatalf("image in use: %v", err)
+	}
+}
+
+func rawRequest(t *testing.T, socket, method, path, body string) (int, api.ErrorResponse) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	}}}
+	req, _ := http.NewRequest(method, "http://banger"+path, strings.NewReader(body))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e api.ErrorResponse
+	b, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(b, &e)
+	return resp.StatusCode, e
+}
+
+func TestMalformedRequestsAreInvalidArgument(t *testing.T) {
+	h := newHarness(t)
+	for _, body := range []string{`{"name":`, `{"name":"x","bogus":1}`, `[1,2]`} {
+		status, e := rawRequest(t, h.socket, "POST", "/v1/vms", body)
+		if status != 400 || e.Error.Class != "invalid_argument" || e.Error.Message == "" {
+			t.Errorf("body %q: %d %+v", body, status, e)
+		}
+	}
+	status, e := rawRequest(t, h.socket, "GET", "/v2/vms", "")
+	if status != 404 || e.Error.Class != "not_found" {
+		t.Errorf("unknown route: %d %+v", status, e)
+	}
+	status, e = rawRequest(t, h.socket, "GET", "/v1/vms/x/ops?limit=-1", "")
+	if status != 404 && status != 400 {
+		t.Errorf("bad limit: %d %+v", status, e)
+	}
+}
+
+func TestLifecycleOverTheAPI(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.importImage(t)
+	v, err := h.c.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, MemoryMiB: 128, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State != "running" || v.Runtime.PID == 0 || v.Image != "default" || v.LastOperation == nil || v.LastOperation.Kind != "vm.start" {
+		t.Fatalf("create --start: %+v", v)
+	}
+	if v.Unsupported["vsock"] == "" {
+		t.Fatal("a driver without vsock must say so in vm show")
+	}
+	if v, err = h.c.StopVM(ctx, "web", time.Second); err != nil || v.State != "stopped" {
+		t.Fatalf("stop: %v %+v", err, v)
+	}
+	ops, err := h.c.Operations(ctx, "web", 0)
+	if err != nil || len(ops) != 3 || ops[0].Kind != "vm.stop" || ops[2].Kind != "vm.create" {
+		t.Fatalf("ops: %v %+v", err, ops)
+	}
+	var logs bytes.Buffer
+	if err := h.c.Logs(ctx, "web", false, &logs); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.c.DeleteVM(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if vms, _ := h.c.ListVMs(ctx); len(vms) != 0 {
+		t.Fatalf("vms after delete: %v", vms)
+	}
+}
+
+func TestControlSocketIsPrivate(t *testing.T) {
+	h := newHarness(t)
+	fi, err := os.Stat(h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("control socket mode %v is usable by others", fi.Mode().Perm())
+	}
+	// A second daemon on the same socket is refused while the first serves.
+	if _, err := Listen(h.socket, -1); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second listen: %v", err)
+	}
+}
+
+func TestClientSaysWhenDaemonIsDown(t *testing.T) {
+	c := client.New(filepath.Join(t.TempDir(), "nobody.sock"))
+	_, err := c.ListVMs(context.Background())
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "banger daemon") {
+		t.Fatalf("err = %v", err)
+	}
+}
+

@@ -1,0 +1,356 @@
+// Package e2e drives the real banger binary against a private daemon that
+// boots real guests. It needs root and QEMU: it runs when BANGER_VM_TESTS=1
+// (the README's test command sets it) and fails, never skips, when that is
+// set on a host that is not ready.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/internal/testutil"
+	"github.com/banger-vm/banger/internal/testutil/testimage"
+)
+
+// EnvVMM picks the driver the suite runs with: qemu here; firecracker on a
+// KVM host that has it.
+const EnvVMM = "BANGER_TEST_VMM"
+
+func vmmKind() string {
+	if k := os.Getenv(EnvVMM); k != "" {
+		return k
+	}
+	return "qemu"
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+
+	imageOnce sync.Once
+	img       testimage.Image
+	imageErr  error
+)
+
+// bangerBinary builds cmd/banger once per test process.
+func bangerBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "banger-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		binPath = filepath.Join(dir, "banger")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/banger")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// testImage builds (or reuses from the cache) the small test guest.
+func testImage(t *testing.T) testimage.Image {
+	t.Helper()
+	imageOnce.Do(func() {
+		if err := testimage.CheckHost(); err != nil {
+			imageErr = err
+			return
+		}
+		cache := os.Getenv("BANGER_TEST_CACHE")
+		if cache == "" {
+			cache = testimage.DefaultCacheDir
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		img, imageErr = testimage.Build(ctx, cache)
+	})
+	if imageErr != nil {
+		t.Fatalf("test image: %v", imageErr)
+	}
+	return img
+}
+
+// daemon is a private banger daemon with its own state and runtime dirs.
+type daemon struct {
+	t        *testing.T
+	bin      string
+	stateDir string
+	runDir   string
+	logFile  string
+	cmd      *exec.Cmd
+	exited   chan struct{}
+}
+
+func requireE2E(t *testing.T) {
+	t.Helper()
+	testutil.RequireVMs(t)
+}
+
+// startDaemon starts a daemon on fresh temporary dirs; t.Cleanup deletes
+// every VM it still has, stops it and checks nothing was left behind.
+func startDaemon(t *testing.T) *daemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "bgr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
+	d.start()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(d.logFile)
+			t.Logf("daemon log (last 4 KiB):\n%s", tail(b, 4096))
+		}
+		vms := d.listVMs()
+		for _, v := range vms {
+			if _, err := d.run("vm", "delete", v.ID); err != nil {
+				t.Errorf("cleanup: delete %s: %v", v.Name, err)
+			}
+		}
+		d.stop()
+		d.assertNoLeaks()
+		os.RemoveAll(dir)
+	})
+	return d
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	d.cmd = exec.Command(d.bin, "daemon", "--state-dir", d.stateDir, "--runtime-dir", d.runDir, "--log-file", d.logFile, "--graceful-timeout", "30s")
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	d.exited = make(chan struct{})
+	go func() { d.cmd.Wait(); close(d.exited) }()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := d.run("vm", "list"); err == nil {
+			return
+		}
+		select {
+		case <-d.exited:
+			b, _ := os.ReadFile(d.logFile)
+			d.t.Fatalf("daemon exited at start:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatal("daemon did not answer within 15s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop ends the daemon with SIGTERM, as a service manager would.
+func (d *daemon) stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		d.t.Error("daemon did not exit within 30s of SIGTERM")
+	}
+	d.cmd = nil
+}
+
+// result is one CLI invocation.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// run invokes the CLI; a non-zero exit is an error carrying the result.
+func (d *daemon) run(args ...string) (result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	full := append([]string{"--state-dir", d.stateDir, "--runtime-dir", d.runDir}, args...)
+	cmd := exec.CommandContext(ctx, d.bin, full...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+		return r, fmt.Errorf("banger %s: exit %d: %s", strings.Join(args, " "), r.code, strings.TrimSpace(r.stderr))
+	}
+	return r, err
+}
+
+// must runs the CLI and fails the test on a non-zero exit.
+func (d *daemon) must(args ...string) string {
+	d.t.Helper()
+	r, err := d.run(args...)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return r.stdout
+}
+
+// fails runs the CLI expecting exit code want; it returns stderr.
+func (d *daemon) fails(want int, args ...string) string {
+	d.t.Helper()
+	r, err := d.run(args...)
+	if err == nil {
+		d.t.Fatalf("banger %s succeeded, want exit %d", strings.Join(args, " "), want)
+	}
+	if r.code != want {
+		d.t.Fatalf("banger %s: exit %d, want %d; stderr: %s", strings.Join(args, " "), r.code, want, r.stderr)
+	}
+	return r.stderr
+}
+
+func (d *daemon) show(ref string) api.VM {
+	d.t.Helper()
+	var v api.VM
+	if err := json.Unmarshal([]byte(d.must("vm", "show", ref, "-o", "json")), &v); err != nil {
+		d.t.Fatal(err)
+	}
+	return v
+}
+
+func (d *daemon) listVMs() []api.VM {
+	r, err := d.run("vm", "list", "-o", "json")
+	if err != nil {
+		d.t.Errorf("list vms: %v", err)
+		return nil
+	}
+	var vms []api.VM
+	json.Unmarshal([]byte(r.stdout), &vms)
+	return vms
+}
+
+func (d *daemon) ops(ref string) []api.Operation {
+	d.t.Helper()
+	var ops []api.Operation
+	if err := json.Unmarshal([]byte(d.must("vm", "ops", ref, "-o", "json")), &ops); err != nil {
+		d.t.Fatal(err)
+	}
+	return ops
+}
+
+// importTestImage imports the cached test guest as the default image.
+func (d *daemon) importTestImage() {
+	d.t.Helper()
+	im := testImage(d.t)
+	d.must("image", "import", "default", "--kernel", im.Kernel, "--initrd", im.Initrd, "--rootfs", im.Rootfs)
+}
+
+// createVM makes a small VM with the suite's driver.
+func (d *daemon) createVM(name string, extra ...string) api.VM {
+	d.t.Helper()
+	args := append([]string{"vm", "create", name, "--cpus", "1", "--memory", "256M", "--vmm", vmmKind(), "-o", "json"}, extra...)
+	var v api.VM
+	if err := json.Unmarshal([]byte(d.must(args...)), &v); err != nil {
+		d.t.Fatal(err)
+	}
+	return v
+}
+
+// waitLog waits until the VM's log (read through `banger vm logs`) holds
+// want n times, failing after timeout with the log's tail.
+func (d *daemon) waitLog(ref, want string, n int, timeout time.Duration) string {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		logs := d.must("vm", "logs", ref)
+		if strings.Count(logs, want) >= n {
+			return logs
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%q did not appear %d time(s) in the log of %s within %s; log tail:\n%s", want, n, ref, timeout, tail([]byte(logs), 3000))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// vmmProcesses lists the live VMM processes whose command line mentions
+// this daemon's state dir.
+func (d *daemon) vmmProcesses() []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cmdline, []byte(d.stateDir)) {
+			continue
+		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			continue // exited, waiting for its parent to reap it
+		}
+		if filepath.Base(string(bytes.SplitN(cmdline, []byte{0}, 2)[0])) == "banger" {
+			continue // the daemon or the CLI
+		}
+		out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+	}
+	return out
+}
+
+// assertNoLeaks checks that no VMM process, VM dir or runtime file is left.
+func (d *daemon) assertNoLeaks() {
+	d.t.Helper()
+	if p := d.vmmProcesses(); len(p) > 0 {
+		d.t.Errorf("leaked VMM processes:\n%s", strings.Join(p, "\n"))
+	}
+	if entries, _ := os.ReadDir(filepath.Join(d.stateDir, "vms")); len(entries) > 0 {
+		d.t.Errorf("leaked vm dirs: %v", entries)
+	}
+	if entries, _ := os.ReadDir(d.runDir); len(entries) > 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		d.t.Errorf("leaked runtime files: %v", names)
+	}
+}
+
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+func itoa(n int) string { return fmt.Sprint(n) }
+
+func mustJSON(t *testing.T, s string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		t.Fatalf("%v: %s", err, s)
+	}
+}

@@ -1,0 +1,240 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/internal/testutil/testimage"
+)
+
+// bootTimeout bounds every boot: TCG guests here reach their marker in a
+// few seconds; a hang must fail the test, not stall it.
+const bootTimeout = 90 * time.Second
+
+func stageNames(d *daemon, ref string) (kind string, stages map[string]string) {
+	ops := d.ops(ref)
+	if len(ops) == 0 {
+		d.t.Fatalf("no operations for %s", ref)
+	}
+	stages = map[string]string{}
+	for _, st := range ops[0].Stages {
+		stages[st.Name] = st.Status
+	}
+	return ops[0].Kind, stages
+}
+
+func TestLifecycle(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+
+	v := d.createVM("life")
+	if v.State != "stopped" {
+		t.Fatalf("created vm is %s", v.State)
+	}
+	disk := filepath.Join(v.VMDir, "rootfs.ext4")
+
+	// start: the guest boots and prints its marker.
+	d.must("vm", "start", "life")
+	d.waitLog("life", testimage.BootLine(1), 1, bootTimeout)
+	v = d.show("life")
+	if v.State != "running" || v.Runtime.PID == 0 || !alive(v.Runtime.PID) {
+		t.Fatalf("show after start: state %s pid %d", v.State, v.Runtime.PID)
+	}
+	cmdline, _ := os.ReadFile("/proc/" + itoa(v.Runtime.PID) + "/cmdline")
+	if !strings.Contains(string(cmdline), vmmKind()) {
+		t.Fatalf("pid %d is not a %s process: %q", v.Runtime.PID, vmmKind(), cmdline)
+	}
+	if v.LastOperation == nil || v.LastOperation.Kind != "vm.start" || v.LastOperation.Status != "done" {
+		t.Fatalf("last operation %+v", v.LastOperation)
+	}
+
+	// start again: nothing happens.
+	again := d.show("life")
+	d.must("vm", "start", "life")
+	if pid := d.show("life").Runtime.PID; pid != again.Runtime.PID {
+		t.Fatalf("second start replaced pid %d with %d", again.Runtime.PID, pid)
+	}
+
+	// stop: graceful, proven by the guest's own shutdown marker and by the
+	// journal: the VMM exited by itself and was not killed.
+	pid := v.Runtime.PID
+	d.must("vm", "stop", "life")
+	logs := d.waitLog("life", testimage.ShutdownMarker, 1, 5*time.Second)
+	kind, stages := stageNames(d, "life")
+	if kind != "vm.stop" || stages["shutdown.wait"] != "done" {
+		t.Fatalf("stop journal %s %v", kind, stages)
+	}
+	if _, killed := stages["vmm.kill"]; killed {
+		t.Fatalf("the VMM was killed on a graceful stop: %v", stages)
+	}
+	if _, timedOut := stages["shutdown.timeout"]; timedOut {
+		t.Fatalf("graceful stop timed out: %v", stages)
+	}
+	if alive(pid) {
+		t.Fatal("VMM still alive after stop")
+	}
+	if strings.Index(logs, testimage.ShutdownMarker) < strings.Index(logs, testimage.BootLine(1)) {
+		t.Fatal("shutdown marker precedes the boot marker")
+	}
+	if v := d.show("life"); v.State != "stopped" || v.Runtime.PID != 0 {
+		t.Fatalf("after stop: %s pid %d", v.State, v.Runtime.PID)
+	}
+	if _, err := os.Stat(disk); err != nil {
+		t.Fatalf("stop removed the disk: %v", err)
+	}
+
+	// start again: the counter written by the first boot is still there.
+	d.must("vm", "start", "life")
+	d.waitLog("life", testimage.BootLine(2), 1, bootTimeout)
+
+	// kill: default TERM.
+	pid = d.show("life").Runtime.PID
+	d.must("vm", "kill", "life")
+	if alive(pid) {
+		t.Fatal("VMM alive after kill")
+	}
+	if kind, stages := stageNames(d, "life"); kind != "vm.kill" || stages["vmm.signal"] != "done" {
+		t.Fatalf("kill journal %s %v", kind, stages)
+	}
+	if v := d.show("life"); v.State != "stopped" {
+		t.Fatalf("after kill: %s", v.State)
+	}
+
+	// restart from stopped, then restart while running (graceful stop + start).
+	d.must("vm", "restart", "life")
+	d.waitLog("life", testimage.BootLine(3), 1, bootTimeout)
+	pid = d.show("life").Runtime.PID
+	d.must("vm", "restart", "life")
+	d.waitLog("life", testimage.BootLine(4), 1, bootTimeout)
+	if v := d.show("life"); v.State != "running" || v.Runtime.PID == pid || alive(pid) {
+		t.Fatalf("restart kept the old VMM: old %d new %d", pid, v.Runtime.PID)
+	}
+	if n := strings.Count(d.must("vm", "logs", "life"), testimage.ShutdownMarker); n != 2 {
+		t.Fatalf("%d shutdown markers, want 2 (restart of a running vm is graceful)", n)
+	}
+
+	// delete: record, dir, disk and process gone.
+	pid = d.show("life").Runtime.PID
+	d.must("vm", "delete", "life")
+	d.fails(3, "vm", "show", "life")
+	if alive(pid) {
+		t.Fatal("VMM alive after delete")
+	}
+	for _, p := range []string{disk, v.VMDir} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("%s survived delete", p)
+		}
+	}
+	if p := d.vmmProcesses(); len(p) > 0 {
+		t.Fatalf("VMM processes after delete: %v", p)
+	}
+}
+
+func TestFailedStartIsRecordedAndLeaksNothing(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	d.createVM("broken")
+	var im struct {
+		KernelPath string `json:"kernel_path"`
+	}
+	mustJSON(t, d.must("image", "show", "default", "-o", "json"), &im)
+	if err := os.Remove(im.KernelPath); err != nil {
+		t.Fatal(err)
+	}
+	stderr := d.fails(5, "vm", "start", "broken")
+	v := d.show("broken")
+	if v.State != "error" || !strings.Contains(v.LastError, im.KernelPath) || !strings.Contains(v.LastError, v.LogPath) {
+		t.Fatalf("vm show after a failed start: state %s, last error %q", v.State, v.LastError)
+	}
+	if !strings.Contains(stderr, v.LogPath) {
+		t.Fatalf("the error the user sees does not name the log: %s", stderr)
+	}
+	if v.Runtime.PID != 0 || v.Runtime.ControlSocket != "" {
+		t.Fatalf("runtime not cleared: %+v", v.Runtime)
+	}
+	if p := d.vmmProcesses(); len(p) > 0 {
+		t.Fatalf("a failed start left VMM processes: %v", p)
+	}
+	if entries, _ := os.ReadDir(d.runDir); len(entries) != 1 {
+		t.Fatalf("runtime dir holds more than the control socket: %v", entries)
+	}
+}
+
+func TestDaemonRestartKeepsVMRunning(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	d.createVM("survivor")
+	d.must("vm", "start", "survivor")
+	d.waitLog("survivor", testimage.BootLine(1), 1, bootTimeout)
+	pid := d.show("survivor").Runtime.PID
+
+	d.stop()
+	time.Sleep(500 * time.Millisecond)
+	if !alive(pid) {
+		t.Fatal("the VM died with the daemon")
+	}
+	d.start()
+	v := d.show("survivor")
+	if v.State != "running" || v.Runtime.PID != pid {
+		t.Fatalf("not re-adopted: %s pid %d (was %d)", v.State, v.Runtime.PID, pid)
+	}
+	d.must("vm", "stop", "survivor")
+	d.waitLog("survivor", testimage.ShutdownMarker, 1, 5*time.Second)
+	if _, stages := stageNames(d, "survivor"); stages["shutdown.wait"] != "done" {
+		t.Fatalf("re-adopted vm did not stop gracefully: %v", stages)
+	}
+	if alive(pid) {
+		t.Fatal("VMM alive after stop")
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	d.createVM("taken")
+	cases := []struct {
+		code int
+		args []string
+	}{
+		{2, []string{"vm", "create", ""}},
+		{2, []string{"vm", "create", strings.Repeat("x", 64)}},
+		{2, []string{"vm", "create", "../x"}},
+		{2, []string{"vm", "create", "a/b"}},
+		{4, []string{"vm", "create", "taken"}},
+		{2, []string{"vm", "create", "c0", "--cpus", "0"}},
+		{2, []string{"vm", "create", "c1", "--cpus", "-1"}},
+		{2, []string{"vm", "create", "c2", "--cpus", "100000"}},
+		{2, []string{"vm", "create", "m0", "--memory", "0"}},
+		{2, []string{"vm", "create", "m1", "--memory", "-1G"}},
+		{2, []string{"vm", "create", "m2", "--memory", "64T"}},
+		{3, []string{"vm", "create", "i0", "--image", "no-such-image"}},
+		{3, []string{"vm", "start", "no-such-vm"}},
+		{3, []string{"vm", "delete", "no-such-vm"}},
+		{2, []string{"vm", "kill", "taken", "--signal", "BOGUS"}},
+		{2, []string{"image", "import", "../bad", "--kernel", "/etc/hostname", "--rootfs", "/etc/hostname"}},
+		{2, []string{"image", "import", "notext4", "--kernel", testImage(t).Kernel, "--rootfs", "/etc/hostname"}},
+		{5, []string{"image", "delete", "default"}},
+	}
+	for _, c := range cases {
+		stderr := d.fails(c.code, c.args...)
+		if !strings.HasPrefix(stderr, "banger: ") || len(strings.TrimSpace(stderr)) < 20 {
+			t.Errorf("%v: unclear error %q", c.args, stderr)
+		}
+	}
+	vms := d.listVMs()
+	if len(vms) != 1 || vms[0].Name != "taken" || vms[0].State != "stopped" {
+		t.Fatalf("bad input changed the vms: %+v", vms)
+	}
+	entries, _ := os.ReadDir(filepath.Join(d.stateDir, "vms"))
+	images, _ := os.ReadDir(filepath.Join(d.stateDir, "images"))
+	if len(entries) != 1 || len(images) != 1 {
+		t.Fatalf("bad input left files: %d vm dirs, %d image dirs", len(entries), len(images))
+	}
+}
