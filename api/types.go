@@ -17,6 +17,7 @@ type VM struct {
 	MemoryMiB int       `json:"memory_mib"`
 	DiskBytes int64     `json:"disk_bytes"`
 	VMM       string    `json:"vmm"`
+	VMMReason string    `json:"vmm_reason,omitempty"` // why this driver was chosen
 	State     string    `json:"state"`
 	GuestIP   string    `json:"guest_ip,omitempty"`
 	MAC       string    `json:"mac,omitempty"`
@@ -139,4 +140,25 @@ type Error struct {
 // ErrorResponse wraps Error.
 type ErrorResponse struct {
 	Error Error `json:"error"`
+}
+
+// BuildImageRequest is the body of POST /v1/images/build.
+type BuildImageRequest struct {
+	Name      string   `json:"name,omitempty"`    // default "default"
+	Release   string   `json:"release,omitempty"` // Debian codename, default bookworm
+	Packages  []string `json:"packages,omitempty"`
+	SizeBytes int64    `json:"size_bytes,omitempty"` // root filesystem size; default 2 GiB
+}
+
+// BuildEvent is one line of the newline-delimited JSON stream that
+// POST /v1/images/build answers with. The last line carries Image or Error.
+type BuildEvent struct {
+	Stage  string    `json:"stage,omitempty"`
+	Status string    `json:"status,omitempty"` // start, progress, done
+	Detail string    `json:"detail,omitempty"`
+	Done   int64     `json:"done,omitempty"`
+	Total  int64     `json:"total,omitempty"`
+	At     time.Time `json:"at"`
+	Image  *Image    `json:"image,omitempty"`
+	Error  *Error    `json:"error,omitempty"`
 }

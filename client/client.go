@@ -199,3 +199,31 @@ func (c *Client) GetImage(ctx context.Context, image string) (api.Image, error) 
 func (c *Client) DeleteImage(ctx context.Context, image string) error {
 	return c.do(ctx, http.MethodDelete, "/images"+ref(image), nil, nil)
 }
+
+// BuildImage asks the daemon to build an image, calling onEvent for every
+// progress event; it returns the image once it is registered.
+func (c *Client) BuildImage(ctx context.Context, req api.BuildImageRequest, onEvent func(api.BuildEvent)) (api.Image, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/images/build", req)
+	if err != nil {
+		return api.Image{}, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev api.BuildEvent
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				return api.Image{}, errors.New("the daemon ended the build stream without a result (hint: see the daemon log)")
+			}
+			return api.Image{}, fmt.Errorf("read build progress: %w", err)
+		}
+		switch {
+		case ev.Error != nil:
+			return api.Image{}, errdefs.New(errdefs.Class(ev.Error.Class), ev.Error.Message)
+		case ev.Image != nil:
+			return *ev.Image, nil
+		case onEvent != nil:
+			onEvent(ev)
+		}
+	}
+}

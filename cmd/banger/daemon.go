@@ -20,8 +20,6 @@ import (
 	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/server"
 	"github.com/banger-vm/banger/internal/store"
-	"github.com/banger-vm/banger/internal/vmm"
-	"github.com/banger-vm/banger/internal/vmm/qemu"
 )
 
 type daemonOptions struct {
@@ -48,7 +46,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr")
 	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
 	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's")
-	f.StringVar(&o.defaultVMM, "default-vmm", vmm.KindQEMU, "VMM for VMs created without --vmm")
+	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
 	f.DurationVar(&o.gracefulTimeout, "graceful-timeout", daemon.DefaultGracefulTimeout, "how long a stop waits for the guest to power off")
 	return cmd
 }
@@ -87,7 +85,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	defer st.Close()
 	svc, err := daemon.New(daemon.Config{
 		Layout:          l,
-		Drivers:         vmm.Registry{vmm.KindQEMU: qemu.New()},
+		Drivers:         newDrivers(l),
 		DefaultVMM:      o.defaultVMM,
 		GuestCIDR:       o.guestCIDR,
 		GracefulTimeout: o.gracefulTimeout,
@@ -98,6 +96,11 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	for _, d := range svc.Drivers(ctx) {
 		log.Info("vmm driver", "kind", d.Kind, "available", d.Available, "reason", d.Reason, "version", d.Version)
+	}
+	if kind, reason, err := svc.ChooseVMM(ctx, ""); err != nil {
+		log.Warn("no vmm can run new vms on this host", "error", err)
+	} else {
+		log.Info("default vmm", "kind", kind, "reason", reason)
 	}
 	if err := svc.Reconcile(ctx); err != nil {
 		log.Warn("reconcile left errors", "error", err)

@@ -11,7 +11,7 @@ import (
 
 func newImageCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Import and manage guest images"}
-	cmd.AddCommand(newImageImport(g), newImageList(g), newImageShow(g), newImageDelete(g))
+	cmd.AddCommand(newImageBuild(g), newImageImport(g), newImageList(g), newImageShow(g), newImageDelete(g))
 	return cmd
 }
 
@@ -96,4 +96,42 @@ func newImageDelete(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newImageBuild(g *globals) *cobra.Command {
+	var (
+		req      api.BuildImageRequest
+		size     string
+		packages []string
+	)
+	cmd := &cobra.Command{
+		Use:   "build [NAME]",
+		Short: "Build a Debian image (default: the default image VMs use when --image is not given)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				req.Name = args[0]
+			}
+			if size != "" {
+				b, err := parseSize(size, 1<<20)
+				if err != nil {
+					return err
+				}
+				req.SizeBytes = b
+			}
+			req.Packages = packages
+			prog := newStageProgress(cmd.ErrOrStderr())
+			im, err := g.client().BuildImage(cmd.Context(), req, prog.Event)
+			prog.Finish(err == nil)
+			if err != nil {
+				return err
+			}
+			return renderImage(cmd.OutOrStdout(), g.output, im)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Release, "release", "bookworm", "Debian release (codename)")
+	f.StringSliceVar(&packages, "packages", nil, "extra Debian packages, comma-separated")
+	f.StringVar(&size, "size", "", "root filesystem size, e.g. 4G (default 2G)")
+	return cmd
 }

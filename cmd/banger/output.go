@@ -67,6 +67,9 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 		row("Last error", v.LastError)
 	}
 	row("VMM", v.VMM)
+	if v.VMMReason != "" {
+		row("VMM reason", v.VMMReason)
+	}
 	row("Image", fmt.Sprintf("%s (%s)", dash(v.Image), short(v.ImageID)))
 	row("vCPUs", strconv.Itoa(v.VCPUs))
 	row("Memory", fmt.Sprintf("%d MiB", v.MemoryMiB))

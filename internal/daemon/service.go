@@ -84,7 +84,10 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	if len(cfg.Drivers) == 0 {
 		return nil, errors.New("no vmm driver configured")
 	}
-	if _, ok := cfg.Drivers[cfg.DefaultVMM]; !ok {
+	if cfg.DefaultVMM == "" {
+		cfg.DefaultVMM = AutoVMM
+	}
+	if _, ok := cfg.Drivers[cfg.DefaultVMM]; !ok && cfg.DefaultVMM != AutoVMM {
 		return nil, errdefs.InvalidArgument("default vmm %q is not one of this daemon's drivers", cfg.DefaultVMM)
 	}
 	pool, err := network.NewPool(cfg.GuestCIDR)

@@ -49,7 +49,7 @@ func TestCreateRejectsBadInput(t *testing.T) {
 		{"absurd memory", api.CreateVMRequest{Name: "a", MemoryMiB: 1 << 30}, errdefs.ErrInvalidArgument, "memory"},
 		{"disk too small", api.CreateVMRequest{Name: "a", DiskBytes: 1024}, errdefs.ErrInvalidArgument, "smaller"},
 		{"unknown image", api.CreateVMRequest{Name: "a", Image: "nope"}, errdefs.ErrNotFound, `"nope"`},
-		{"unknown vmm", api.CreateVMRequest{Name: "a", VMM: "bochs"}, errdefs.ErrNotSupported, `"bochs"`},
+		{"unknown vmm", api.CreateVMRequest{Name: "a", VMM: "bochs"}, errdefs.ErrInvalidArgument, `"bochs"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

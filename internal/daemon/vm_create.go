@@ -27,9 +27,6 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	if req.MemoryMiB == 0 {
 		req.MemoryMiB = DefaultMemoryMiB
 	}
-	if req.VMM == "" {
-		req.VMM = s.cfg.DefaultVMM
-	}
 	if req.Image == "" {
 		req.Image = DefaultImage
 	}
@@ -50,21 +47,24 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	if disk < img.RootfsBytes {
 		return nil, errdefs.InvalidArgument("disk size %d bytes is smaller than image %q's root filesystem (%d bytes)", disk, img.Name, img.RootfsBytes)
 	}
-	drv, err := s.driver(req.VMM)
+	kind, reason, err := s.ChooseVMM(ctx, req.VMM)
 	if err != nil {
 		return nil, err
 	}
-	if info := drv.Probe(ctx); !info.Available {
-		return nil, errdefs.FailedPrecondition("vmm %q cannot run on this host: %s", req.VMM, info.Reason)
-	}
-
-	v := &model.VM{Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		DiskBytes: disk, VMM: req.VMM, State: model.StateCreating}
+	v := &model.VM{ID: system.NewID(), Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		DiskBytes: disk, VMM: kind, VMMReason: reason, State: model.StateCreating}
+	dir := s.layout.VM(v.ID)
+	v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 	unlock, err := s.insertNewVM(ctx, v)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// The driver's checks need the VM's derived names and address.
+	if err := s.validateForDriver(ctx, v, img); err != nil {
+		s.discardCreate(ctx, v)
+		return nil, err
+	}
 
 	op := s.begin(ctx, "vm.create", v)
 	if err := s.makeDisk(ctx, v, img, op); err != nil {
@@ -102,13 +102,12 @@ func (s *Service) validateCreate(req api.CreateVMRequest) error {
 	return nil
 }
 
-// insertNewVM allocates the VM's ID (with a short form no other VM has)
-// and guest IP, takes its lock and records it.
+// insertNewVM makes sure the VM's ID has a short form no other VM has,
+// allocates its guest IP, takes its lock and records it.
 func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) {
 	var unlock func()
 	err := s.store.Transaction(ctx, func(tx *store.Tx) error {
 		for {
-			v.ID = system.NewID()
 			taken, err := tx.ShortIDTaken(ctx, v.Short())
 			if err != nil {
 				return err
@@ -116,6 +115,7 @@ func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) 
 			if !taken {
 				break
 			}
+			v.ID = system.NewID()
 		}
 		used, err := tx.UsedGuestIPs(ctx)
 		if err != nil {

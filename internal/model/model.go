@@ -24,6 +24,7 @@ type VM struct {
 	MemoryMiB int
 	DiskBytes int64
 	VMM       string // driver kind: "qemu", "firecracker"
+	VMMReason string // why this driver was chosen
 	State     VMState
 	GuestIP   string // allocated at create, stable for the VM's life
 	VMDir     string

@@ -206,7 +206,7 @@ func (s *server) vmResult(w http.ResponseWriter, r *http.Request, v *model.VM, e
 
 func (s *server) toVM(ctx context.Context, v *model.VM, detail bool) api.VM {
 	out := api.VM{ID: v.ID, Name: v.Name, ImageID: v.ImageID, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-		DiskBytes: v.DiskBytes, VMM: v.VMM, State: string(v.State), GuestIP: v.GuestIP, VMDir: v.VMDir,
+		DiskBytes: v.DiskBytes, VMM: v.VMM, VMMReason: v.VMMReason, State: string(v.State), GuestIP: v.GuestIP, VMDir: v.VMDir,
 		LogPath: v.LogPath, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 		Runtime: api.Runtime{PID: v.Runtime.PID, ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath,
 			VsockCID: v.Runtime.VsockCID, Tap: v.Runtime.Tap, Accel: v.Runtime.Accel, StartedAt: v.Runtime.StartedAt}}

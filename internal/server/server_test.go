@@ -2,8 +2,8 @@ package server
 
 import (
 	"bytes"
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -209,4 +209,3 @@ func TestClientSaysWhenDaemonIsDown(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
-

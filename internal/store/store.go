@@ -65,6 +65,7 @@ var migrations = []string{
 		memory_mib     INTEGER NOT NULL,
 		disk_bytes     INTEGER NOT NULL,
 		vmm            TEXT NOT NULL,
+		vmm_reason     TEXT NOT NULL DEFAULT '',
 		state          TEXT NOT NULL,
 		guest_ip       TEXT UNIQUE,
 		vm_dir         TEXT NOT NULL,

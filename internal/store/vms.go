@@ -12,7 +12,7 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-const vmColumns = `id, name, image_id, vcpus, memory_mib, disk_bytes, vmm, state, guest_ip,
+const vmColumns = `id, name, image_id, vcpus, memory_mib, disk_bytes, vmm, vmm_reason, state, guest_ip,
 	vm_dir, log_path, last_error, pid, pid_start_time, control_socket, vsock_path, vsock_cid,
 	tap, dm_name, accel, started_at, created_at, updated_at`
 
@@ -25,7 +25,7 @@ func scanVM(r scanner) (*model.VM, error) {
 		started, created, updated int64
 		state                     string
 	)
-	err := r.Scan(&v.ID, &v.Name, &v.ImageID, &v.VCPUs, &v.MemoryMiB, &v.DiskBytes, &v.VMM, &state, &ip,
+	err := r.Scan(&v.ID, &v.Name, &v.ImageID, &v.VCPUs, &v.MemoryMiB, &v.DiskBytes, &v.VMM, &v.VMMReason, &state, &ip,
 		&v.VMDir, &v.LogPath, &v.LastError, &v.Runtime.PID, &v.Runtime.PIDStartTime, &v.Runtime.ControlSocket,
 		&v.Runtime.VsockPath, &v.Runtime.VsockCID, &v.Runtime.Tap, &v.Runtime.DMName, &v.Runtime.Accel,
 		&started, &created, &updated)
@@ -50,8 +50,8 @@ func (t *Tx) InsertVM(ctx context.Context, v *model.VM) error {
 	}
 	v.UpdatedAt = now
 	_, err := t.tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
-		v.ID, v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, string(v.State), nullIP(v.GuestIP),
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		v.ID, v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.CreatedAt), nanos(v.UpdatedAt))
@@ -81,10 +81,10 @@ func (t *Tx) whichVMConflict(ctx context.Context, v *model.VM) error {
 func (t *Tx) UpdateVM(ctx context.Context, v *model.VM) error {
 	v.UpdatedAt = time.Now().UTC()
 	res, err := t.tx.ExecContext(ctx, `UPDATE vms SET name=?, image_id=?, vcpus=?, memory_mib=?, disk_bytes=?,
-		vmm=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, pid=?, pid_start_time=?,
+		vmm=?, vmm_reason=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, pid=?, pid_start_time=?,
 		control_socket=?, vsock_path=?, vsock_cid=?, tap=?, dm_name=?, accel=?, started_at=?, updated_at=?
 		WHERE id=?`,
-		v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, string(v.State), nullIP(v.GuestIP),
+		v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.UpdatedAt), v.ID)
