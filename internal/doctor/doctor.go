@@ -88,7 +88,9 @@ func Run(ctx context.Context, o Options) Report {
 			c.Status = OK
 		default:
 			c.Status = Warn
-			c.Hint = installHint(kind)
+			if !strings.Contains(info.Reason, "hint:") {
+				c.Hint = installHint(kind)
+			}
 		}
 		if info.Binary != "" {
 			c.Detail = fmt.Sprintf("%s %s: %s", info.Binary, info.Version, info.Reason)

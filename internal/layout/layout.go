@@ -73,6 +73,7 @@ func (l Layout) KnownHosts() string    { return filepath.Join(l.SSHDir(), "known
 func (l Layout) ClientKey() string     { return filepath.Join(l.SSHDir(), "id_ed25519") }
 func (l Layout) CacheDir() string      { return filepath.Join(l.StateDir, "cache") }
 func (l Layout) TmpDir() string        { return filepath.Join(l.StateDir, "tmp") }
+func (l Layout) JailDir() string       { return filepath.Join(l.StateDir, "jail") }
 func (l Layout) ControlSocket() string { return filepath.Join(l.RuntimeDir, "banger.sock") }
 func (l Layout) PIDFile() string       { return filepath.Join(l.RuntimeDir, "bangerd.pid") }
 

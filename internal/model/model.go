@@ -30,9 +30,21 @@ type VM struct {
 	VMDir     string
 	LogPath   string
 	LastError string
+	// Ports are published while the VM runs.
+	Ports []PortMapping
+	// HostKey is the SSH host public key banger gave the VM and pinned
+	// (authorized_keys format); empty means trust on first use.
+	HostKey   string
 	Runtime   Runtime
 	CreatedAt time.Time
 	UpdatedAt time.Time
+}
+
+// PortMapping publishes a guest port on the host.
+type PortMapping struct {
+	HostPort  uint16 `json:"host_port"`
+	GuestPort uint16 `json:"guest_port"`
+	Proto     string `json:"proto"`
 }
 
 // Runtime is what exists only while a VM runs (or what a crash left behind).

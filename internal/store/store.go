@@ -71,6 +71,8 @@ var migrations = []string{
 		vm_dir         TEXT NOT NULL,
 		log_path       TEXT NOT NULL,
 		last_error     TEXT NOT NULL DEFAULT '',
+		ports          TEXT NOT NULL DEFAULT '[]',
+		host_key       TEXT NOT NULL DEFAULT '',
 		pid            INTEGER NOT NULL DEFAULT 0,
 		pid_start_time INTEGER NOT NULL DEFAULT 0,
 		control_socket TEXT NOT NULL DEFAULT '',

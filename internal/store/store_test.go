@@ -57,6 +57,8 @@ func TestVMRoundTripAndPersistence(t *testing.T) {
 		VsockPath: "/run/fc-abcdef01.vsock", Tap: "tap-fc-abcdef01", DMName: "fc-rootfs-abcdef01", Accel: "tcg",
 		StartedAt: time.Unix(100, 5).UTC()}
 	v.LastError = "x"
+	v.Ports = []model.PortMapping{{HostPort: 8080, GuestPort: 80, Proto: "tcp"}}
+	v.HostKey = "ssh-ed25519 AAAAC3Nz"
 	if err := s.UpdateVM(ctx, v); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +73,7 @@ func TestVMRoundTripAndPersistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Runtime != v.Runtime || got.State != model.StateRunning || got.GuestIP != "172.30.0.2" || got.LastError != "x" {
+	if got.Runtime != v.Runtime || got.State != model.StateRunning || got.GuestIP != "172.30.0.2" || got.LastError != "x" || len(got.Ports) != 1 || got.Ports[0] != v.Ports[0] || got.HostKey != v.HostKey {
 		t.Fatalf("round trip mismatch:\n got %+v\nwant %+v", got, v)
 	}
 	if got.CreatedAt.IsZero() || got.UpdatedAt.Before(got.CreatedAt) {

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -13,7 +14,7 @@ import (
 )
 
 const vmColumns = `id, name, image_id, vcpus, memory_mib, disk_bytes, vmm, vmm_reason, state, guest_ip,
-	vm_dir, log_path, last_error, pid, pid_start_time, control_socket, vsock_path, vsock_cid,
+	vm_dir, log_path, last_error, ports, host_key, pid, pid_start_time, control_socket, vsock_path, vsock_cid,
 	tap, dm_name, accel, started_at, created_at, updated_at`
 
 type scanner interface{ Scan(...any) error }
@@ -23,14 +24,17 @@ func scanVM(r scanner) (*model.VM, error) {
 		v                         model.VM
 		ip                        sql.NullString
 		started, created, updated int64
-		state                     string
+		state, ports              string
 	)
 	err := r.Scan(&v.ID, &v.Name, &v.ImageID, &v.VCPUs, &v.MemoryMiB, &v.DiskBytes, &v.VMM, &v.VMMReason, &state, &ip,
-		&v.VMDir, &v.LogPath, &v.LastError, &v.Runtime.PID, &v.Runtime.PIDStartTime, &v.Runtime.ControlSocket,
+		&v.VMDir, &v.LogPath, &v.LastError, &ports, &v.HostKey, &v.Runtime.PID, &v.Runtime.PIDStartTime, &v.Runtime.ControlSocket,
 		&v.Runtime.VsockPath, &v.Runtime.VsockCID, &v.Runtime.Tap, &v.Runtime.DMName, &v.Runtime.Accel,
 		&started, &created, &updated)
 	if err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
+		return nil, fmt.Errorf("vm %s ports: %w", v.ID, err)
 	}
 	v.State = model.VMState(state)
 	v.GuestIP = ip.String
@@ -38,6 +42,14 @@ func scanVM(r scanner) (*model.VM, error) {
 	v.CreatedAt = fromNanos(created)
 	v.UpdatedAt = fromNanos(updated)
 	return &v, nil
+}
+
+func portsJSON(p []model.PortMapping) string {
+	if len(p) == 0 {
+		return "[]"
+	}
+	b, _ := json.Marshal(p) // plain struct: cannot fail
+	return string(b)
 }
 
 func nullIP(ip string) sql.NullString { return sql.NullString{String: ip, Valid: ip != ""} }
@@ -50,9 +62,9 @@ func (t *Tx) InsertVM(ctx context.Context, v *model.VM) error {
 	}
 	v.UpdatedAt = now
 	_, err := t.tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		v.ID, v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
-		v.VMDir, v.LogPath, v.LastError, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
+		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.CreatedAt), nanos(v.UpdatedAt))
 	if isUnique(err) {
@@ -81,11 +93,11 @@ func (t *Tx) whichVMConflict(ctx context.Context, v *model.VM) error {
 func (t *Tx) UpdateVM(ctx context.Context, v *model.VM) error {
 	v.UpdatedAt = time.Now().UTC()
 	res, err := t.tx.ExecContext(ctx, `UPDATE vms SET name=?, image_id=?, vcpus=?, memory_mib=?, disk_bytes=?,
-		vmm=?, vmm_reason=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, pid=?, pid_start_time=?,
+		vmm=?, vmm_reason=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, ports=?, host_key=?, pid=?, pid_start_time=?,
 		control_socket=?, vsock_path=?, vsock_cid=?, tap=?, dm_name=?, accel=?, started_at=?, updated_at=?
 		WHERE id=?`,
 		v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
-		v.VMDir, v.LogPath, v.LastError, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
+		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.UpdatedAt), v.ID)
 	if isUnique(err) {
