@@ -9,24 +9,26 @@ const Version = "v1"
 
 // VM is a virtual machine as the API shows it.
 type VM struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	ImageID   string    `json:"image_id"`
-	Image     string    `json:"image"` // image name
-	VCPUs     int       `json:"vcpus"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskBytes int64     `json:"disk_bytes"`
-	VMM       string    `json:"vmm"`
-	VMMReason string    `json:"vmm_reason,omitempty"` // why this driver was chosen
-	State     string    `json:"state"`
-	GuestIP   string    `json:"guest_ip,omitempty"`
-	MAC       string    `json:"mac,omitempty"`
-	VMDir     string    `json:"vm_dir"`
-	LogPath   string    `json:"log_path"`
-	LastError string    `json:"last_error,omitempty"`
-	Runtime   Runtime   `json:"runtime"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID        string        `json:"id"`
+	Name      string        `json:"name"`
+	ImageID   string        `json:"image_id"`
+	Image     string        `json:"image"` // image name
+	VCPUs     int           `json:"vcpus"`
+	MemoryMiB int           `json:"memory_mib"`
+	DiskBytes int64         `json:"disk_bytes"`
+	VMM       string        `json:"vmm"`
+	VMMReason string        `json:"vmm_reason,omitempty"` // why this driver was chosen
+	State     string        `json:"state"`
+	GuestIP   string        `json:"guest_ip,omitempty"`
+	MAC       string        `json:"mac,omitempty"`
+	VMDir     string        `json:"vm_dir"`
+	LogPath   string        `json:"log_path"`
+	LastError string        `json:"last_error,omitempty"`
+	Ports     []PortMapping `json:"ports,omitempty"`
+	HostKey   string        `json:"host_key,omitempty"` // pinned SSH host key; empty: trust on first use
+	Runtime   Runtime       `json:"runtime"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
 
 	// LastOperation is the newest journalled operation (vm show only).
 	LastOperation *Operation `json:"last_operation,omitempty"`
@@ -54,6 +56,29 @@ type CreateVMRequest struct {
 	DiskBytes int64  `json:"disk_bytes,omitempty"` // 0: the image's size
 	VMM       string `json:"vmm,omitempty"`        // empty: the daemon's default
 	Start     bool   `json:"start,omitempty"`
+	// Publish maps host ports to guest ports while the VM runs:
+	// "HOSTPORT:GUESTPORT[/tcp|/udp]".
+	Publish []string `json:"publish,omitempty"`
+}
+
+// SSHTarget is how a client on the daemon's host reaches a VM over SSH
+// (GET /v1/vms/{ref}/ssh). The key and known_hosts files are root's.
+type SSHTarget struct {
+	Name       string `json:"name"`
+	Address    string `json:"address"` // ip:port
+	User       string `json:"user"`
+	KeyPath    string `json:"key_path"`
+	KnownHosts string `json:"known_hosts"`
+	// TOFU: banger could not give the VM its own host key, so the first key
+	// the guest presents is pinned.
+	TOFU bool `json:"tofu"`
+}
+
+// PortMapping is a published port.
+type PortMapping struct {
+	HostPort  uint16 `json:"host_port"`
+	GuestPort uint16 `json:"guest_port"`
+	Proto     string `json:"proto"`
 }
 
 // StopRequest is the body of POST /v1/vms/{ref}/stop and .../restart.

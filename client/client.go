@@ -181,6 +181,12 @@ func (c *Client) Logs(ctx context.Context, vm string, follow bool, w io.Writer) 
 	return err
 }
 
+// SSHTarget says how to reach a running VM over SSH.
+func (c *Client) SSHTarget(ctx context.Context, vm string) (api.SSHTarget, error) {
+	var out api.SSHTarget
+	return out, c.do(ctx, http.MethodGet, "/vms"+ref(vm)+"/ssh", nil, &out)
+}
+
 func (c *Client) ImportImage(ctx context.Context, req api.ImportImageRequest) (api.Image, error) {
 	var out api.Image
 	return out, c.do(ctx, http.MethodPost, "/images/import", req, &out)

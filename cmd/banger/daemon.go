@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,12 +19,15 @@ import (
 
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/guest"
 	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/server"
 	"github.com/banger-vm/banger/internal/store"
 )
 
 type daemonOptions struct {
+	bridge          string
+	guestDNS        []string
 	logLevel        string
 	logFile         string
 	socketGroup     string
@@ -45,7 +50,9 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr")
 	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
-	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's")
+	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's, on the bridge")
+	f.StringVar(&o.bridge, "bridge", network.DefaultBridge, "the guests' bridge")
+	f.StringSliceVar(&o.guestDNS, "guest-dns", nil, "DNS servers for guests (default: this host's non-loopback resolvers, else 1.1.1.1)")
 	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
 	f.DurationVar(&o.gracefulTimeout, "graceful-timeout", daemon.DefaultGracefulTimeout, "how long a stop waits for the guest to power off")
 	return cmd
@@ -78,6 +85,24 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	defer unlock()
 
+	pool, err := network.NewPool(o.guestCIDR)
+	if err != nil {
+		return err
+	}
+	dns, err := guestDNS(o.guestDNS)
+	if err != nil {
+		return err
+	}
+	_, authorizedKey, err := guest.EnsureClientKey(l.ClientKey())
+	if err != nil {
+		return fmt.Errorf("banger's ssh key: %w", err)
+	}
+	netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer netm.Close()
+
 	st, err := store.Open(ctx, l.DBPath())
 	if err != nil {
 		return err
@@ -90,6 +115,9 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		GuestCIDR:       o.guestCIDR,
 		GracefulTimeout: o.gracefulTimeout,
 		Logger:          log,
+		Network:         netm,
+		GuestDNS:        dns,
+		ClientKey:       authorizedKey,
 	}, st)
 	if err != nil {
 		return err
@@ -102,8 +130,8 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	} else {
 		log.Info("default vmm", "kind", kind, "reason", reason)
 	}
-	if err := svc.Reconcile(ctx); err != nil {
-		log.Warn("reconcile left errors", "error", err)
+	if err := svc.Startup(ctx); err != nil {
+		return err
 	}
 	ln, err := server.Listen(l.ControlSocket(), gid)
 	if err != nil {
@@ -128,6 +156,34 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		log.Warn("could not remove the control socket", "error", rerr)
 	}
 	return err
+}
+
+// guestDNS parses --guest-dns, or reads this host's resolvers.
+func guestDNS(flag []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	if len(flag) > 0 {
+		for _, s := range flag {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return nil, errdefs.InvalidArgument("--guest-dns %q is not an IP address", s)
+			}
+			out = append(out, a)
+		}
+		return out, nil
+	}
+	b, _ := os.ReadFile("/etc/resolv.conf")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil && a.Is4() && !a.IsLoopback() {
+				out = append(out, a)
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, netip.MustParseAddr("1.1.1.1"))
+	}
+	return out, nil
 }
 
 func newLogger(level, file string) (*slog.Logger, func(), error) {

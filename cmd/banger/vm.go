@@ -16,6 +16,7 @@ func newVMCommand(g *globals) *cobra.Command {
 	cmd.AddCommand(
 		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
 		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
+		newVMRun(g), newVMSSH(g), newVMExec(g), newVMCp(g),
 	)
 	return cmd
 }
@@ -32,28 +33,8 @@ func newVMCreate(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
-			if cmd.Flags().Changed("cpus") && req.VCPUs <= 0 {
-				return errdefs.InvalidArgument("--cpus %d: a VM needs at least one vCPU", req.VCPUs)
-			}
-			if memory != "" {
-				b, err := parseSize(memory, 1<<20)
-				if err != nil {
-					return err
-				}
-				if b < 1<<20 {
-					return errdefs.InvalidArgument("--memory %q is less than 1 MiB (hint: e.g. 512M or 2G)", memory)
-				}
-				req.MemoryMiB = int(b >> 20)
-			}
-			if disk != "" {
-				b, err := parseSize(disk, 1<<20)
-				if err != nil {
-					return err
-				}
-				if b == 0 {
-					return errdefs.InvalidArgument("--disk-size %q is zero", disk)
-				}
-				req.DiskBytes = b
+			if err := applyCreateFlags(cmd, &req, memory, disk); err != nil {
+				return err
 			}
 			v, err := g.client().CreateVM(cmd.Context(), req)
 			if err != nil {
@@ -66,15 +47,55 @@ func newVMCreate(g *globals) *cobra.Command {
 			return renderVM(cmd.OutOrStdout(), g.output, v)
 		},
 	}
+	addCreateFlags(cmd, &req, &memory, &disk)
+	cmd.Flags().BoolVar(&req.Start, "start", false, "start the VM once created")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's id")
+	return cmd
+}
+
+// addCreateFlags declares the flags create and run share; disk may be nil.
+func addCreateFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk *string) {
 	f := cmd.Flags()
 	f.StringVar(&req.Image, "image", "", "image name or id (default: the default image)")
 	f.IntVar(&req.VCPUs, "cpus", 0, "virtual CPUs (default 2)")
-	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
-	f.StringVar(&disk, "disk-size", "", "root disk size, e.g. 4G (default: the image's)")
-	f.StringVar(&req.VMM, "vmm", "", "VMM driver: qemu or firecracker (default: the daemon's)")
-	f.BoolVar(&req.Start, "start", false, "start the VM once created")
-	f.BoolVarP(&quiet, "quiet", "q", false, "print only the VM's id")
-	return cmd
+	f.StringVar(memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
+	if disk != nil {
+		f.StringVar(disk, "disk-size", "", "root disk size, e.g. 4G (default: the image's)")
+	}
+	f.StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu (default: the daemon's, auto)")
+	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port while the VM runs: HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
+}
+
+// applyCreateFlags checks and converts what addCreateFlags declared.
+func applyCreateFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk string) error {
+	if cmd.Flags().Changed("cpus") && req.VCPUs <= 0 {
+		return errdefs.InvalidArgument("--cpus %d: a VM needs at least one vCPU", req.VCPUs)
+	}
+	if memory != "" {
+		b, err := parseSize(memory, 1<<20)
+		if err != nil {
+			return err
+		}
+		if b < 1<<20 {
+			return errdefs.InvalidArgument("--memory %q is less than 1 MiB (hint: e.g. 512M or 2G)", memory)
+		}
+		req.MemoryMiB = int(b >> 20)
+	}
+	if disk != "" {
+		b, err := parseSize(disk, 1<<20)
+		if err != nil {
+			return err
+		}
+		if b == 0 {
+			return errdefs.InvalidArgument("--disk-size %q is zero", disk)
+		}
+		req.DiskBytes = b
+	}
+	return nil
+}
+
+func errInvalid(args []string) error {
+	return errdefs.InvalidArgument("unexpected arguments %q (hint: banger vm run [NAME] [flags] -- CMD...)", args)
 }
 
 // vmAction is the shape of start, stop, restart and kill.
@@ -114,9 +135,23 @@ func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref str
 }
 
 func newVMStart(g *globals) *cobra.Command {
-	return vmAction(g, "start", "Start VMs (a running VM is left as is)", func(cmd *cobra.Command, ref string) (api.VM, error) {
-		return g.client().StartVM(cmd.Context(), ref)
+	var (
+		wait        bool
+		waitTimeout time.Duration
+	)
+	cmd := vmAction(g, "start", "Start VMs (a running VM is left as is)", func(cmd *cobra.Command, ref string) (api.VM, error) {
+		v, err := g.client().StartVM(cmd.Context(), ref)
+		if err != nil || !wait {
+			return v, err
+		}
+		if err := waitSSH(cmd.Context(), g, v.ID, waitTimeout); err != nil {
+			return v, fmt.Errorf("%w (hint: banger vm logs %s)", err, v.Name)
+		}
+		return v, nil
 	})
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's SSH server answers")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", defaultWaitTimeout, "how long --wait waits")
+	return cmd
 }
 
 func newVMStop(g *globals) *cobra.Command {

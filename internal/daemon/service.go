@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -49,6 +50,15 @@ type Config struct {
 	GracefulTimeout time.Duration
 	KillTimeout     time.Duration
 	Logger          *slog.Logger
+	// Network is the host network; nil: VMs get no network device.
+	Network HostNetwork
+	// GuestDNS are the resolvers written into guests.
+	GuestDNS []netip.Addr
+	// GuestUser is the account banger logs in as (images it builds have it).
+	GuestUser string
+	// ClientKey is banger's managed SSH public key (authorized_keys line)
+	// written into guests; empty: guests get no identity.
+	ClientKey string
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.
@@ -77,6 +87,9 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	}
 	if cfg.GuestCIDR == "" {
 		cfg.GuestCIDR = network.DefaultCIDR
+	}
+	if cfg.GuestUser == "" {
+		cfg.GuestUser = "banger"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/guest"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
@@ -47,12 +48,16 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	if disk < img.RootfsBytes {
 		return nil, errdefs.InvalidArgument("disk size %d bytes is smaller than image %q's root filesystem (%d bytes)", disk, img.Name, img.RootfsBytes)
 	}
+	ports, err := s.parsePorts(ctx, req.Publish)
+	if err != nil {
+		return nil, err
+	}
 	kind, reason, err := s.ChooseVMM(ctx, req.VMM)
 	if err != nil {
 		return nil, err
 	}
 	v := &model.VM{ID: system.NewID(), Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		DiskBytes: disk, VMM: kind, VMMReason: reason, State: model.StateCreating}
+		DiskBytes: disk, VMM: kind, VMMReason: reason, Ports: ports, State: model.StateCreating}
 	dir := s.layout.VM(v.ID)
 	v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 	unlock, err := s.insertNewVM(ctx, v)
@@ -68,6 +73,10 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 
 	op := s.begin(ctx, "vm.create", v)
 	if err := s.makeDisk(ctx, v, img, op); err != nil {
+		s.discardCreate(ctx, v)
+		return nil, op.finish(fmt.Errorf("create vm %q: %w", v.Name, err))
+	}
+	if err := s.applyIdentity(ctx, v, op); err != nil {
 		s.discardCreate(ctx, v)
 		return nil, op.finish(fmt.Errorf("create vm %q: %w", v.Name, err))
 	}
@@ -165,6 +174,9 @@ func (s *Service) discardCreate(ctx context.Context, v *model.VM) {
 	}
 	if err := s.store.DeleteVM(ctx, v.ID); err != nil {
 		s.log.Warn("could not remove the record of a failed create", append(vmAttrs(v), "error", err)...)
+	}
+	if err := guest.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
+		s.log.Warn("could not remove the host-key pins of a failed create", append(vmAttrs(v), "error", err)...)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 // Step names of vm.start.
 const (
 	StepImageCheck    = "image.check"
+	StepNetworkTap    = "network.tap"
 	StepVMMPrepare    = "vmm.prepare"
 	StepVMMLaunch     = "vmm.launch"
 	StepRecordPID     = "vm.record-pid"
@@ -77,6 +78,13 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	var proc vmm.Process
 	steps := []Step{
 		{Name: StepImageCheck, Do: func(context.Context) error { return checkBootFiles(spec) }},
+	}
+	if spec.Tap != "" {
+		steps = append(steps, Step{Name: StepNetworkTap,
+			Do:   func(ctx context.Context) error { return s.cfg.Network.CreateTap(ctx, spec.Tap) },
+			Undo: func(ctx context.Context) error { return s.cfg.Network.DeleteTap(ctx, spec.Tap) }})
+	}
+	steps = append(steps, []Step{
 		{Name: StepVMMPrepare,
 			Do:   func(ctx context.Context) error { return drv.Cleanup(ctx, spec) }, // files a crash left
 			Undo: func(ctx context.Context) error { return drv.Cleanup(ctx, spec) }},
@@ -93,11 +101,12 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 			return s.store.UpdateVM(ctx, v)
 		}},
 		{Name: StepVMMBoot, Do: func(ctx context.Context) error { return drv.Boot(ctx, spec) }},
-		{Name: StepRecordRunning, Do: func(ctx context.Context) error {
-			v.State, v.Runtime.StartedAt = model.StateRunning, time.Now().UTC()
-			return s.store.UpdateVM(ctx, v)
-		}},
-	}
+	}...)
+	steps = append(steps, s.capabilitySteps(v)...)
+	steps = append(steps, Step{Name: StepRecordRunning, Do: func(ctx context.Context) error {
+		v.State, v.Runtime.StartedAt = model.StateRunning, time.Now().UTC()
+		return s.store.UpdateVM(ctx, v)
+	}})
 	if err := RunSteps(ctx, steps, op); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
@@ -130,6 +139,9 @@ func (s *Service) startSpec(v *model.VM, img *model.Image) (vmm.Spec, error) {
 	spec.KernelArgs = strings.TrimSpace(baseKernelArgs + " " + img.Cmdline)
 	spec.ControlSocket = s.layout.VMMSocket(short)
 	spec.VsockPath = s.layout.VsockPath(short)
+	if s.cfg.Network != nil {
+		spec.Tap = layout.TapName(short)
+	}
 	if spec.VsockCID == 0 {
 		cid, err := network.CIDFor(v.GuestIP)
 		if err != nil {

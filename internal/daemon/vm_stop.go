@@ -123,10 +123,18 @@ func (s *Service) teardown(ctx context.Context, v *model.VM, op *operation, reas
 			op.Stage("vmm.kill", "done", fmt.Sprintf("pid %d killed", v.Runtime.PID))
 		}
 	}
+	if err := s.cleanupCapabilities(ctx, v, op); err != nil {
+		errs = append(errs, err)
+	}
 	if drv, err := s.driver(v.VMM); err != nil {
 		errs = append(errs, err)
 	} else if err := drv.Cleanup(ctx, s.runtimeSpec(v)); err != nil {
 		errs = append(errs, err)
+	}
+	if v.Runtime.Tap != "" && s.cfg.Network != nil {
+		if err := s.cfg.Network.DeleteTap(ctx, v.Runtime.Tap); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		op.Stage("runtime.cleanup", "failed", err.Error())

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -42,6 +43,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("POST "+p+"/vms/{ref}/kill", s.killVM)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ops", s.vmOps)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.vmLogs)
+	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
 	mux.HandleFunc("GET "+p+"/images/{ref}", s.getImage)
@@ -207,9 +209,12 @@ func (s *server) vmResult(w http.ResponseWriter, r *http.Request, v *model.VM, e
 func (s *server) toVM(ctx context.Context, v *model.VM, detail bool) api.VM {
 	out := api.VM{ID: v.ID, Name: v.Name, ImageID: v.ImageID, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		DiskBytes: v.DiskBytes, VMM: v.VMM, VMMReason: v.VMMReason, State: string(v.State), GuestIP: v.GuestIP, VMDir: v.VMDir,
-		LogPath: v.LogPath, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
+		LogPath: v.LogPath, LastError: v.LastError, HostKey: v.HostKey, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 		Runtime: api.Runtime{PID: v.Runtime.PID, ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath,
 			VsockCID: v.Runtime.VsockCID, Tap: v.Runtime.Tap, Accel: v.Runtime.Accel, StartedAt: v.Runtime.StartedAt}}
+	for _, p := range v.Ports {
+		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
+	}
 	if im, _, err := s.svc.GetImage(ctx, v.ImageID); err == nil {
 		out.Image = im.Name
 	}
@@ -222,6 +227,17 @@ func (s *server) toVM(ctx context.Context, v *model.VM, detail bool) api.VM {
 	}
 	out.Unsupported = s.svc.Unsupported(ctx, v)
 	return out
+}
+
+func (s *server) vmSSH(w http.ResponseWriter, r *http.Request) {
+	v, user, err := s.svc.SSHTarget(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	l := s.svc.Layout()
+	writeJSON(w, http.StatusOK, api.SSHTarget{Name: v.Name, Address: net.JoinHostPort(v.GuestIP, "22"), User: user,
+		KeyPath: l.ClientKey(), KnownHosts: l.KnownHosts(), TOFU: v.HostKey == ""})
 }
 
 func toOp(op *model.Operation) api.Operation {

@@ -92,9 +92,12 @@ func testImage(t *testing.T) testimage.Image {
 	return img
 }
 
-// daemon is a private banger daemon with its own state and runtime dirs.
+// daemon is a private banger daemon with its own state and runtime dirs,
+// running with every CLI call in a network namespace of its own, so the
+// host's network is never touched.
 type daemon struct {
 	t        *testing.T
+	netns    string
 	bin      string
 	stateDir string
 	runDir   string
@@ -116,7 +119,14 @@ func startDaemon(t *testing.T) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
+	d := &daemon{t: t, netns: filepath.Base(dir), bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
+	if out, err := exec.Command("ip", "netns", "add", d.netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v %s", d.netns, err, out)
+	}
+	// The namespace needs its loopback for published ports reached from it.
+	if out, err := exec.Command("ip", "-n", d.netns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
 	d.start()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -131,6 +141,9 @@ func startDaemon(t *testing.T) *daemon {
 		}
 		d.stop()
 		d.assertNoLeaks()
+		if out, err := exec.Command("ip", "netns", "delete", d.netns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v %s", d.netns, err, out)
+		}
 		os.RemoveAll(dir)
 	})
 	return d
@@ -138,7 +151,7 @@ func startDaemon(t *testing.T) *daemon {
 
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(d.bin, "daemon", "--state-dir", d.stateDir, "--runtime-dir", d.runDir, "--log-file", d.logFile, "--graceful-timeout", "30s")
+	d.cmd = d.command("daemon", "--log-file", d.logFile, "--graceful-timeout", "30s")
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -179,6 +192,13 @@ func (d *daemon) stop() {
 	d.cmd = nil
 }
 
+// command is banger with args, in the daemon's namespace and dirs.
+func (d *daemon) command(args ...string) *exec.Cmd {
+	full := append([]string{"netns", "exec", d.netns, d.bin, "--state-dir", d.stateDir, "--runtime-dir", d.runDir}, args...)
+	cmd := exec.Command("ip", full...)
+	return cmd
+}
+
 // result is one CLI invocation.
 type result struct {
 	stdout, stderr string
@@ -189,8 +209,8 @@ type result struct {
 func (d *daemon) run(args ...string) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	full := append([]string{"--state-dir", d.stateDir, "--runtime-dir", d.runDir}, args...)
-	cmd := exec.CommandContext(ctx, d.bin, full...)
+	cmd := d.command(args...)
+	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

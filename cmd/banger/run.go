@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/internal/system"
+)
+
+func newVMRun(g *globals) *cobra.Command {
+	var (
+		req         api.CreateVMRequest
+		memory      string
+		rm          bool
+		waitTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "run [NAME] [-- CMD...]",
+		Short: "Create and start a VM, wait until SSH answers, then run CMD or open a shell",
+		Long: "Create and start a VM, wait until SSH answers, then run CMD (or open a shell).\n" +
+			"With --rm the VM is deleted afterwards, whatever happened. The exit code is CMD's.",
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			argv := args
+			if n := cmd.ArgsLenAtDash(); n >= 0 {
+				if n > 1 {
+					return fmt.Errorf("run takes at most one NAME before --: %w", errInvalid(args[:n]))
+				}
+				if n == 1 {
+					req.Name = args[0]
+				}
+				argv = args[n:]
+			} else if len(args) > 1 {
+				return fmt.Errorf("put the command after --: %w", errInvalid(args))
+			} else if len(args) == 1 {
+				req.Name, argv = args[0], nil
+			}
+			if req.Name == "" {
+				req.Name = "run-" + system.NewID()[:6]
+			}
+			if err := applyCreateFlags(cmd, &req, memory, ""); err != nil {
+				return err
+			}
+			req.Start = true
+			ctx := cmd.Context()
+			prog := newStageProgress(os.Stderr)
+			event := func(stage, status, detail string) {
+				prog.Event(api.BuildEvent{Stage: stage, Status: status, Detail: detail, At: time.Now()})
+			}
+			event("vm", "start", "creating and starting "+req.Name)
+			v, err := g.client().CreateVM(ctx, req)
+			if err != nil {
+				prog.Finish(false)
+				return err
+			}
+			if rm {
+				defer func() {
+					// Delete even when the command failed or ctx was cancelled.
+					dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+					defer cancel()
+					if derr := g.client().DeleteVM(dctx, v.ID); derr != nil {
+						fmt.Fprintf(os.Stderr, "banger: delete %s: %v\n", v.Name, derr)
+						if err == nil {
+							err = derr
+						}
+					}
+				}()
+			}
+			event("vm", "done", fmt.Sprintf("%s running, pid %d, %s", v.Name, v.Runtime.PID, v.GuestIP))
+			event("ssh", "start", "waiting for "+v.GuestIP+":22")
+			if err := waitSSH(ctx, g, v.ID, waitTimeout); err != nil {
+				prog.Finish(false)
+				return fmt.Errorf("%w (hint: banger vm logs %s)", err, v.Name)
+			}
+			event("ssh", "done", "ready")
+			prog.Finish(true)
+			return runInVM(ctx, g, v.ID, argv, true)
+		},
+	}
+	addCreateFlags(cmd, &req, &memory, nil)
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when CMD or the shell ends")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", defaultWaitTimeout, "how long to wait for SSH")
+	return cmd
+}

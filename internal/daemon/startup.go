@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/model"
+)
+
+// Startup prepares the host and the records before the daemon serves: the
+// host network, reconciliation of every VM with its process, removal of
+// taps no VM owns and of temporary files an interrupted daemon left.
+func (s *Service) Startup(ctx context.Context) error {
+	if s.cfg.Network != nil {
+		if err := s.cfg.Network.EnsureHost(ctx); err != nil {
+			return fmt.Errorf("set up the host network: %w", err)
+		}
+	}
+	s.removeTemporaries()
+	if err := s.Reconcile(ctx); err != nil {
+		s.log.Warn("reconcile left errors", "error", err)
+	}
+	if s.cfg.Network != nil {
+		vms, err := s.store.ListVMs(ctx)
+		if err != nil {
+			return err
+		}
+		owned := map[string]bool{}
+		for _, v := range vms {
+			if v.Runtime.Tap != "" {
+				owned[v.Runtime.Tap] = true
+			}
+		}
+		removed, err := s.cfg.Network.RemoveOrphanTaps(ctx, func(name string) bool { return owned[name] })
+		if err != nil {
+			s.log.Warn("could not remove orphan taps", "error", err)
+		}
+		for _, t := range removed {
+			s.log.Info("removed a tap no vm owns", "tap", t)
+		}
+	}
+	return nil
+}
+
+// removeTemporaries deletes what an interrupted import or build left.
+func (s *Service) removeTemporaries() {
+	entries, _ := os.ReadDir(s.layout.ImagesDir())
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			p := filepath.Join(s.layout.ImagesDir(), e.Name())
+			if err := os.RemoveAll(p); err != nil {
+				s.log.Warn("could not remove a leftover temporary image dir", "dir", p, "error", err)
+			} else {
+				s.log.Info("removed a leftover temporary image dir", "dir", p)
+			}
+		}
+	}
+}
+
+// SSHTarget returns a running VM and the account banger logs in as.
+func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string, error) {
+	v, err := s.store.ResolveVM(ctx, ref)
+	if err != nil {
+		return nil, "", err
+	}
+	if v.State != model.StateRunning || !s.alive(v) {
+		return nil, "", errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
+	}
+	if v.GuestIP == "" || s.cfg.Network == nil {
+		return nil, "", errdefs.NotSupported("vm %q has no network: the daemon runs without a host network", v.Name)
+	}
+	return v, s.cfg.GuestUser, nil
+}
