@@ -19,6 +19,7 @@ type HostNetwork interface {
 	RemoveOrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error)
 	Publish(ctx context.Context, owner string, guestIP netip.Addr, p network.Publish) error
 	Unpublish(ctx context.Context, owner string) error
+	Published(ctx context.Context) ([]network.Published, error)
 }
 
 // capability is an optional per-VM feature: prepared as a start step while

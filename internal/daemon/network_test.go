@@ -82,6 +82,18 @@ func (f *fakeNet) Unpublish(_ context.Context, owner string) error {
 	return nil
 }
 
+func (f *fakeNet) Published(context.Context) ([]network.Published, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []network.Published
+	for owner, ps := range f.published {
+		for _, p := range ps {
+			out = append(out, network.Published{Publish: p, Owner: owner})
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeNet) state() (taps int, published int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -203,3 +215,22 @@ func TestPublishValidationAtCreate(t *testing.T) {
 	}
 }
 
+func TestStartupRemovesOrphanTapsAndStalePublishes(t *testing.T) {
+	e, fn := newNetEnv(t)
+	e.svc.CreateVM(context.Background(), api.CreateVMRequest{Name: "live", VCPUs: 1, MemoryMiB: 128, Publish: []string{"8080:80"}})
+	live, err := e.svc.StartVM(context.Background(), "live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn.taps["tap-fc-deadbeef"] = true // left by a vm that no longer exists
+	fn.published["gone-vm-id"] = []network.Publish{{HostPort: 9090, GuestPort: 80, Proto: "tcp"}}
+	if err := e.svc.Startup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fn.taps["tap-fc-deadbeef"] || !fn.taps[live.Runtime.Tap] {
+		t.Fatalf("taps after startup: %v", fn.taps)
+	}
+	if _, ok := fn.published["gone-vm-id"]; ok || len(fn.published[live.ID]) != 1 {
+		t.Fatalf("published after startup: %v", fn.published)
+	}
+}

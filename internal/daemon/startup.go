@@ -29,12 +29,16 @@ func (s *Service) Startup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		owned := map[string]bool{}
+		owned, running := map[string]bool{}, map[string]bool{}
 		for _, v := range vms {
 			if v.Runtime.Tap != "" {
 				owned[v.Runtime.Tap] = true
 			}
+			if v.State == model.StateRunning {
+				running[v.ID] = true
+			}
 		}
+		s.removeStalePublishes(ctx, running)
 		removed, err := s.cfg.Network.RemoveOrphanTaps(ctx, func(name string) bool { return owned[name] })
 		if err != nil {
 			s.log.Warn("could not remove orphan taps", "error", err)
@@ -44,6 +48,28 @@ func (s *Service) Startup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// removeStalePublishes drops published ports whose VM no longer runs (a
+// daemon that died between a VM's exit and its cleanup).
+func (s *Service) removeStalePublishes(ctx context.Context, running map[string]bool) {
+	pubs, err := s.cfg.Network.Published(ctx)
+	if err != nil {
+		s.log.Warn("could not list published ports", "error", err)
+		return
+	}
+	done := map[string]bool{}
+	for _, p := range pubs {
+		if running[p.Owner] || done[p.Owner] {
+			continue
+		}
+		done[p.Owner] = true
+		if err := s.cfg.Network.Unpublish(ctx, p.Owner); err != nil {
+			s.log.Warn("could not remove a stale published port", "owner", p.Owner, "port", p.String(), "error", err)
+		} else {
+			s.log.Info("removed published ports of a vm that is not running", "owner", p.Owner)
+		}
+	}
 }
 
 // removeTemporaries deletes what an interrupted import or build left.

@@ -1,0 +1,286 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/errdefs"
+)
+
+// TapPrefix starts the name of every tap banger creates: "tap-fc-<short
+// id>" (see layout.TapName). Links with this prefix belong to banger.
+const TapPrefix = "tap-fc-"
+
+// tapFlags are the flags Firecracker and QEMU open a tap with: a tap (L2
+// frames) with no packet-info header and a virtio-net header. They are
+// per-open (each opener sets its own), but creating the tap with them
+// makes it look, while idle, the way it will in use. Not multi-queue: both
+// VMMs open one queue, and a multi-queue tap refuses single-queue opens.
+const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+
+// IsTapName reports whether name is shaped like a banger tap: TapPrefix,
+// something after it, and a valid interface name (at most 15 bytes).
+func IsTapName(name string) bool {
+	return strings.HasPrefix(name, TapPrefix) && len(name) > len(TapPrefix) && validIfname(name) == nil
+}
+
+func validIfname(name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ {
+		return fmt.Errorf("must be 1 to %d bytes", unix.IFNAMSIZ-1)
+	}
+	if name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n%") {
+		return errors.New(`must not be "." or ".." nor contain '/', ':', '%' or spaces`)
+	}
+	return nil
+}
+
+func checkTapName(name string) error {
+	if !IsTapName(name) {
+		return errdefs.InvalidArgument("tap name %q is not a banger tap name (hint: %s<short vm id>, at most %d bytes, e.g. %sabcdef01)", name, TapPrefix, unix.IFNAMSIZ-1, TapPrefix)
+	}
+	return nil
+}
+
+// CreateTap creates the persistent tap name, owned by root, attaches it to
+// the bridge and sets it up; the VMM opens it by name. A tap of that name
+// that is already attached to banger's bridge is reused (a start retried
+// after a crash); any other link of that name is an error, never taken
+// over. The bridge must exist (EnsureHost).
+func (m *Manager) CreateTap(ctx context.Context, name string) error {
+	if err := checkTapName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	br, err := m.nl.LinkByName(m.bridge)
+	if isNotFound(err) {
+		return errdefs.FailedPrecondition("create tap %q: bridge %q does not exist (hint: the host network is not set up; restarting the daemon sets it up)", name, m.bridge)
+	}
+	if err != nil {
+		return classify(fmt.Errorf("create tap %q: look up bridge %q: %w", name, m.bridge, err))
+	}
+
+	link, err := m.nl.LinkByName(name)
+	switch {
+	case err == nil:
+		if !isTap(link) || link.Attrs().MasterIndex != br.Attrs().Index {
+			return errdefs.AlreadyExists("create tap %q: a %s of that name exists and is not a tap on bridge %q (hint: if it is stale, delete it: ip link delete %s)", name, describe(link), m.bridge, name)
+		}
+		return classify(m.attach(link, br))
+	case !isNotFound(err):
+		return classify(fmt.Errorf("create tap %q: %w", name, err))
+	}
+
+	if err := m.createTap(name); err != nil {
+		return err
+	}
+	link, err = m.nl.LinkByName(name)
+	if err == nil {
+		err = m.attach(link, br)
+	} else {
+		err = fmt.Errorf("look up new tap %q: %w", name, err)
+	}
+	if err != nil {
+		// Undo: the tap is persistent, it would outlive this failure.
+		if derr := m.nl.LinkDel(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}}); derr != nil && !isNotFound(derr) {
+			m.log.Warn("could not delete tap after a failed create", "tap", name, "error", derr)
+		}
+		return classify(err)
+	}
+	return nil
+}
+
+// createTap creates a persistent tap, owned by root, on no bridge.
+func (m *Manager) createTap(name string) error {
+	err := inNetNS(m.ns, func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		// Closing the only fd of a tap that is not (yet) persistent
+		// removes it: every early return below cleans up by itself.
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq(name)
+		if err != nil {
+			return err
+		}
+		// TUN_EXCL: fail rather than attach to a tap created meanwhile.
+		ifr.SetUint16(tapFlags | unix.IFF_TUN_EXCL)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			return fmt.Errorf("TUNSETIFF: %w", err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, 0); err != nil {
+			return fmt.Errorf("TUNSETOWNER: %w", err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+			return fmt.Errorf("TUNSETPERSIST: %w", err)
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST):
+		return errdefs.AlreadyExists("create tap %q: a link of that name appeared meanwhile: %w", name, err)
+	case errors.Is(err, os.ErrNotExist):
+		return errdefs.FailedPrecondition("create tap %q: /dev/net/tun is missing (hint: modprobe tun): %w", name, err)
+	}
+	return classify(fmt.Errorf("create tap %q: %w", name, err))
+}
+
+// attach makes link a guest port of the bridge, changing only what
+// differs: enslaved, in hairpin mode, up. Hairpin: where br_netfilter is
+// loaded (any host with Docker or Kubernetes; built in here) the IPv4 hooks
+// run on bridged frames, so a guest reaching its own published port via the
+// gateway is DNATed back out of the bridge port it came in on, which a
+// bridge only does for a port in hairpin mode (what Docker and the CNI
+// bridge plugin do for the same reason).
+func (m *Manager) attach(link, br netlink.Link) error {
+	name := link.Attrs().Name
+	if link.Attrs().MasterIndex != br.Attrs().Index {
+		if err := m.nl.LinkSetMaster(link, br); err != nil {
+			return fmt.Errorf("attach %q to bridge %q: %w", name, m.bridge, err)
+		}
+	}
+	pi, err := m.nl.LinkGetProtinfo(link)
+	if err != nil {
+		return fmt.Errorf("read bridge port flags of %q: %w", name, err)
+	}
+	if !pi.Hairpin {
+		if err := m.nl.LinkSetHairpin(link, true); err != nil {
+			return fmt.Errorf("set hairpin mode on bridge port %q: %w", name, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := m.nl.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %q up: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// DeleteTap deletes banger's tap name. A missing tap is not an error; a
+// link of that name that is not a tap is refused.
+func (m *Manager) DeleteTap(ctx context.Context, name string) error {
+	if err := checkTapName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	link, err := m.nl.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return classify(fmt.Errorf("delete tap %q: %w", name, err))
+	}
+	if !isTap(link) {
+		return errdefs.FailedPrecondition("delete tap %q: it is a %s, not a tap: left in place", name, describe(link))
+	}
+	return m.deleteLink(link)
+}
+
+// OrphanTaps lists banger taps (TapPrefix, tap mode) that owned reports no
+// VM owns. It changes nothing.
+func (m *Manager) OrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	links, err := m.orphans(owned)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(links))
+	for i, l := range links {
+		names[i] = l.Attrs().Name
+	}
+	return names, nil
+}
+
+// RemoveOrphanTaps deletes the taps OrphanTaps lists (the daemon calls it
+// at start-up) and returns the names it removed. It goes on past a failure
+// and returns the failures joined. Links that are not banger taps are never
+// touched.
+func (m *Manager) RemoveOrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	links, err := m.orphans(owned)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, l := range links {
+		if err := m.deleteLink(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, l.Attrs().Name)
+	}
+	return removed, errors.Join(errs...)
+}
+
+func (m *Manager) orphans(owned func(string) bool) ([]netlink.Link, error) {
+	taps, err := m.bangerTaps()
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(taps, func(l netlink.Link) bool { return owned(l.Attrs().Name) }), nil
+}
+
+// bangerTaps lists the links named like banger taps that are taps, sorted.
+func (m *Manager) bangerTaps() ([]netlink.Link, error) {
+	var links []netlink.Link
+	var err error
+	for range 3 { // a dump races with link changes; the kernel says so
+		links, err = m.nl.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, classify(fmt.Errorf("list links: %w", err))
+	}
+	var taps []netlink.Link
+	for _, l := range links {
+		if IsTapName(l.Attrs().Name) && isTap(l) {
+			taps = append(taps, l)
+		}
+	}
+	slices.SortFunc(taps, func(a, b netlink.Link) int { return strings.Compare(a.Attrs().Name, b.Attrs().Name) })
+	return taps, nil
+}
+
+func isTap(l netlink.Link) bool {
+	t, ok := l.(*netlink.Tuntap)
+	return ok && t.Mode == netlink.TUNTAP_MODE_TAP
+}
+
+func describe(l netlink.Link) string {
+	if t, ok := l.(*netlink.Tuntap); ok {
+		if t.Mode == netlink.TUNTAP_MODE_TAP {
+			return "tap"
+		}
+		return "tun"
+	}
+	return l.Type()
+}
