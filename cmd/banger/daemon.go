@@ -26,6 +26,8 @@ import (
 )
 
 type daemonOptions struct {
+	mirror          string
+	packageCache    string
 	bridge          string
 	guestDNS        []string
 	logLevel        string
@@ -51,6 +53,8 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr")
 	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
 	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's, on the bridge")
+	f.StringVar(&o.mirror, "debian-mirror", "", "Debian archive for image builds (default http://deb.debian.org/debian)")
+	f.StringVar(&o.packageCache, "package-cache", "", "directory keeping downloaded .debs between image builds (default <state-dir>/cache/apt)")
 	f.StringVar(&o.bridge, "bridge", network.DefaultBridge, "the guests' bridge")
 	f.StringSliceVar(&o.guestDNS, "guest-dns", nil, "DNS servers for guests (default: this host's non-loopback resolvers, else 1.1.1.1)")
 	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
@@ -118,6 +122,8 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		Network:         netm,
 		GuestDNS:        dns,
 		ClientKey:       authorizedKey,
+		Mirror:          o.mirror,
+		PackageCache:    o.packageCache,
 	}, st)
 	if err != nil {
 		return err

@@ -47,6 +47,11 @@ func (s *Service) ImportImage(ctx context.Context, req api.ImportImageRequest) (
 	im := &model.Image{ID: system.NewID(), Name: req.Name, RootfsBytes: size, Cmdline: req.Cmdline}
 	dir := s.layout.Image(im.ID)
 	im.KernelPath, im.RootfsPath = dir.Kernel(), dir.Rootfs()
+	if image.IsELF(req.Kernel) {
+		// An ELF vmlinux serves QEMU (PVH entry) and Firecracker alike.
+		im.KernelPath = dir.Vmlinux()
+		im.VmlinuxPath = im.KernelPath
+	}
 	if req.Initrd != "" {
 		im.InitrdPath = dir.Initrd()
 	}

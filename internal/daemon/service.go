@@ -56,6 +56,11 @@ type Config struct {
 	GuestDNS []netip.Addr
 	// GuestUser is the account banger logs in as (images it builds have it).
 	GuestUser string
+	// Mirror is the Debian archive image builds use; empty: the builder's default.
+	Mirror string
+	// PackageCache keeps downloaded .debs between image builds; default
+	// <state>/cache/apt.
+	PackageCache string
 	// ClientKey is banger's managed SSH public key (authorized_keys line)
 	// written into guests; empty: guests get no identity.
 	ClientKey string

@@ -72,17 +72,26 @@ func (s *Service) removeStalePublishes(ctx context.Context, running map[string]b
 	}
 }
 
-// removeTemporaries deletes what an interrupted import or build left.
+// removeTemporaries deletes what an interrupted import or build left: the
+// dot-named temporary image dirs and everything in the tmp dir. (Builds run
+// their mounts in a private mount namespace, gone with the process.)
 func (s *Service) removeTemporaries() {
+	var leftovers []string
 	entries, _ := os.ReadDir(s.layout.ImagesDir())
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
-			p := filepath.Join(s.layout.ImagesDir(), e.Name())
-			if err := os.RemoveAll(p); err != nil {
-				s.log.Warn("could not remove a leftover temporary image dir", "dir", p, "error", err)
-			} else {
-				s.log.Info("removed a leftover temporary image dir", "dir", p)
-			}
+			leftovers = append(leftovers, filepath.Join(s.layout.ImagesDir(), e.Name()))
+		}
+	}
+	entries, _ = os.ReadDir(s.layout.TmpDir())
+	for _, e := range entries {
+		leftovers = append(leftovers, filepath.Join(s.layout.TmpDir(), e.Name()))
+	}
+	for _, p := range leftovers {
+		if err := os.RemoveAll(p); err != nil {
+			s.log.Warn("could not remove a leftover temporary dir", "dir", p, "error", err)
+		} else {
+			s.log.Info("removed a leftover temporary dir", "dir", p)
 		}
 	}
 }

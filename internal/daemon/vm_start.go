@@ -63,6 +63,9 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	if err != nil {
 		return v, err
 	}
+	if spec.Kernel, err = kernelFor(drv.Probe(ctx), img); err != nil {
+		return v, err
+	}
 	if err := drv.Validate(spec); err != nil {
 		return v, err
 	}
@@ -165,6 +168,17 @@ func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
 	}
+}
+
+// kernelFor picks the image's kernel the driver can boot.
+func kernelFor(info vmm.Info, img *model.Image) (string, error) {
+	if !info.Features.KernelELF {
+		return img.KernelPath, nil
+	}
+	if img.VmlinuxPath == "" {
+		return "", errdefs.FailedPrecondition("image %q has no ELF vmlinux, which %s boots (hint: import one with --kernel vmlinux, or use an image banger built)", img.Name, info.Kind)
+	}
+	return img.VmlinuxPath, nil
 }
 
 func checkBootFiles(spec vmm.Spec) error {

@@ -28,13 +28,16 @@ func (s *Service) ChooseVMM(ctx context.Context, requested string) (kind, reason
 
 // validateForDriver runs the chosen driver's own checks on the VM as it
 // would start, so a spec the driver cannot run is refused at create.
-func (s *Service) validateForDriver(_ context.Context, v *model.VM, img *model.Image) error {
+func (s *Service) validateForDriver(ctx context.Context, v *model.VM, img *model.Image) error {
 	d, err := s.driver(v.VMM)
 	if err != nil {
 		return err
 	}
 	spec, err := s.startSpec(v, img)
 	if err != nil {
+		return err
+	}
+	if spec.Kernel, err = kernelFor(d.Probe(ctx), img); err != nil {
 		return err
 	}
 	return d.Validate(spec)

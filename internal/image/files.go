@@ -109,3 +109,9 @@ func CopyFile(src, dst string) (err error) {
 	_, err = io.Copy(out, in)
 	return err
 }
+
+// IsELF reports whether path starts with the ELF magic.
+func IsELF(path string) bool {
+	head, err := readHead(path, 4)
+	return err == nil && bytes.Equal(head, []byte("\x7fELF"))
+}

@@ -54,7 +54,7 @@ func (l Layout) Abs() (Layout, error) {
 
 // Ensure creates the directories the daemon needs, private to root.
 func (l Layout) Ensure() error {
-	for _, d := range []string{l.StateDir, l.ImagesDir(), l.VMsDir(), l.SSHDir(), l.RuntimeDir} {
+	for _, d := range []string{l.StateDir, l.ImagesDir(), l.VMsDir(), l.SSHDir(), l.TmpDir(), l.CacheDir(), l.RuntimeDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
@@ -115,6 +115,7 @@ func (l Layout) Image(id string) ImageDir { return ImageDir(filepath.Join(l.Imag
 
 func (d ImageDir) Path() string     { return string(d) }
 func (d ImageDir) Kernel() string   { return filepath.Join(string(d), "vmlinuz") }
+func (d ImageDir) Vmlinux() string  { return filepath.Join(string(d), "vmlinux") }
 func (d ImageDir) Initrd() string   { return filepath.Join(string(d), "initrd.img") }
 func (d ImageDir) Rootfs() string   { return filepath.Join(string(d), "rootfs.ext4") }
 func (d ImageDir) Manifest() string { return filepath.Join(string(d), "manifest.json") }

@@ -77,9 +77,12 @@ func ShortID(id string) string {
 
 // Image is a bootable guest: kernel, optional initramfs and an ext4 root.
 type Image struct {
-	ID          string
-	Name        string
-	KernelPath  string
+	ID         string
+	Name       string
+	KernelPath string // what QEMU boots: a bzImage or an ELF vmlinux
+	// VmlinuxPath is an uncompressed ELF vmlinux (what Firecracker boots on
+	// x86_64); empty if the image has none.
+	VmlinuxPath string
 	InitrdPath  string
 	RootfsPath  string
 	RootfsBytes int64

@@ -3,8 +3,12 @@ package server
 import (
 	"encoding/json"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/image/build"
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -59,4 +63,44 @@ func (s *server) deleteImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// buildImage streams the build's progress as newline-delimited JSON; the
+// last line holds the image or the error. Bad input is answered before the
+// stream starts, with a plain error status.
+func (s *server) buildImage(w http.ResponseWriter, r *http.Request) {
+	var req api.BuildImageRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	spec, err := s.svc.BuildSpec(r.Context(), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+	var mu sync.Mutex
+	send := func(ev api.BuildEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		ev.At = time.Now().UTC()
+		if enc.Encode(ev) == nil && fl != nil {
+			fl.Flush()
+		}
+	}
+	// A client that goes away cancels the build (r.Context()): nothing is
+	// registered and nothing is left behind.
+	im, err := s.svc.BuildImage(r.Context(), req.Name, spec, func(ev build.Event) {
+		send(api.BuildEvent{Stage: ev.Stage, Status: ev.Status, Detail: ev.Detail, Done: ev.Done, Total: ev.Total})
+	})
+	if err != nil {
+		send(api.BuildEvent{Error: &api.Error{Class: string(errdefs.ClassOf(err)), Message: err.Error()}})
+		return
+	}
+	out := toImage(im, nil)
+	send(api.BuildEvent{Image: &out})
 }

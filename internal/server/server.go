@@ -46,6 +46,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
+	mux.HandleFunc("POST "+p+"/images/build", s.buildImage)
 	mux.HandleFunc("GET "+p+"/images/{ref}", s.getImage)
 	mux.HandleFunc("DELETE "+p+"/images/{ref}", s.deleteImage)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -50,6 +50,7 @@ var migrations = []string{
 		id           TEXT PRIMARY KEY,
 		name         TEXT NOT NULL UNIQUE,
 		kernel_path  TEXT NOT NULL,
+		vmlinux_path TEXT NOT NULL DEFAULT '',
 		initrd_path  TEXT NOT NULL DEFAULT '',
 		rootfs_path  TEXT NOT NULL,
 		rootfs_bytes INTEGER NOT NULL,

@@ -41,9 +41,11 @@ type Process struct {
 	StartTime uint64
 }
 
-// Features are optional abilities, as data.
+// Features are optional abilities and needs, as data.
 type Features struct {
 	Vsock bool `json:"vsock"`
+	// KernelELF: the driver boots only an uncompressed ELF vmlinux.
+	KernelELF bool `json:"kernel_elf"`
 }
 
 // Info describes a driver on this host.

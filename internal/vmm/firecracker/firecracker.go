@@ -211,7 +211,7 @@ func (d *Driver) version(ctx context.Context, bin, program string) (string, erro
 // versions, the jailer and KVM.
 func (d *Driver) Probe(ctx context.Context) vmm.Info {
 	// Vsock is Firecracker's own userspace device: no vhost module needed.
-	info := vmm.Info{Kind: vmm.KindFirecracker, Features: vmm.Features{Vsock: true}}
+	info := vmm.Info{Kind: vmm.KindFirecracker, Features: vmm.Features{Vsock: true, KernelELF: true}}
 	h, err := d.probeHost(ctx)
 	info.Binary, info.Version = h.binary, h.version
 	if err != nil {
