@@ -34,6 +34,10 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	if err := s.validateCreate(req); err != nil {
 		return nil, err
 	}
+	ports, err := s.parsePorts(ctx, req.Publish)
+	if err != nil {
+		return nil, err
+	}
 	img, err := s.store.ResolveImage(ctx, req.Image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) && req.Image == DefaultImage {
@@ -47,10 +51,6 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	}
 	if disk < img.RootfsBytes {
 		return nil, errdefs.InvalidArgument("disk size %d bytes is smaller than image %q's root filesystem (%d bytes)", disk, img.Name, img.RootfsBytes)
-	}
-	ports, err := s.parsePorts(ctx, req.Publish)
-	if err != nil {
-		return nil, err
 	}
 	kind, reason, err := s.ChooseVMM(ctx, req.VMM)
 	if err != nil {

@@ -104,6 +104,7 @@ type daemon struct {
 	logFile  string
 	cmd      *exec.Cmd
 	exited   chan struct{}
+	flags    []string // extra daemon flags
 }
 
 func requireE2E(t *testing.T) {
@@ -113,13 +114,13 @@ func requireE2E(t *testing.T) {
 
 // startDaemon starts a daemon on fresh temporary dirs; t.Cleanup deletes
 // every VM it still has, stops it and checks nothing was left behind.
-func startDaemon(t *testing.T) *daemon {
+func startDaemon(t *testing.T, flags ...string) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "bgr-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, netns: filepath.Base(dir), bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
+	d := &daemon{t: t, flags: flags, netns: filepath.Base(dir), bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
 	if out, err := exec.Command("ip", "netns", "add", d.netns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v %s", d.netns, err, out)
 	}
@@ -151,7 +152,7 @@ func startDaemon(t *testing.T) *daemon {
 
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = d.command("daemon", "--log-file", d.logFile, "--graceful-timeout", "30s")
+	d.cmd = d.command(append([]string{"daemon", "--log-file", d.logFile, "--graceful-timeout", "30s"}, d.flags...)...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -221,6 +223,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{2, []string{"image", "import", "../bad", "--kernel", "/etc/hostname", "--rootfs", "/etc/hostname"}},
 		{2, []string{"image", "import", "notext4", "--kernel", testImage(t).Kernel, "--rootfs", "/etc/hostname"}},
 		{5, []string{"image", "delete", "default"}},
+		{2, []string{"vm", "create", "p0", "--publish", "80"}},
+		{2, []string{"vm", "create", "p1", "--publish", "70000:80"}},
+		{2, []string{"vm", "create", "p2", "--publish", "8080:80/sctp"}},
+		{2, []string{"vm", "create", "p3", "--publish", "abc:80"}},
+		{2, []string{"vm", "cp", "/etc/hostname", "/tmp/banger-e2e-nowhere"}},
+		{2, []string{"vm", "cp", "taken:relative/path", "/tmp/x"}},
 	}
 	for _, c := range cases {
 		stderr := d.fails(c.code, c.args...)
@@ -236,5 +244,27 @@ func TestBadInputChangesNothing(t *testing.T) {
 	images, _ := os.ReadDir(filepath.Join(d.stateDir, "images"))
 	if len(entries) != 1 || len(images) != 1 {
 		t.Fatalf("bad input left files: %d vm dirs, %d image dirs", len(entries), len(images))
+	}
+}
+
+// TestZeroPoolRefused: a guest network with no room for a guest stops the
+// daemon at start, with a clear error, before it changes anything.
+func TestZeroPoolRefused(t *testing.T) {
+	requireE2E(t)
+	dir := t.TempDir()
+	ns := "bgr-zero-" + itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "delete", ns).Run()
+	out, err := exec.Command("ip", "netns", "exec", ns, bangerBinary(t), "daemon", "--state-dir", filepath.Join(dir, "s"),
+		"--runtime-dir", filepath.Join(dir, "r"), "--guest-cidr", "10.9.9.0/31").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "no room for guests") {
+		t.Fatalf("daemon with a /31 pool: %v\n%s", err, out)
+	}
+	links, _ := exec.Command("ip", "-n", ns, "-o", "link", "show").CombinedOutput()
+	if strings.Contains(string(links), "banger0") {
+		t.Fatalf("the refused daemon created its bridge:\n%s", links)
 	}
 }

@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger-vm/banger/api"
+)
+
+// cacheDir keeps what tests may reuse across runs (downloaded packages).
+func cacheDir() string {
+	if c := os.Getenv("BANGER_TEST_CACHE"); c != "" {
+		return c
+	}
+	return "/var/cache/banger-test"
+}
+
+// TestGuests builds the default image through the CLI (the package cache
+// is shared across test runs), then exercises networking and guest access
+// on real Debian guests, all inside the daemon's own network namespace.
+func TestGuests(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t, "--package-cache", filepath.Join(cacheDir(), "apt"))
+
+	began := time.Now()
+	r, err := d.run("image", "build", "-o", "json")
+	if err != nil {
+		t.Fatalf("image build: %v\n%s", err, tail([]byte(r.stderr), 4000))
+	}
+	t.Logf("image build took %s", time.Since(began).Round(time.Second))
+	for _, stage := range []string{"packages", "kernel", "initramfs", "filesystem"} {
+		if !strings.Contains(r.stderr, stage+": done") {
+			t.Errorf("build progress does not show stage %q done:\n%s", stage, tail([]byte(r.stderr), 2000))
+		}
+	}
+	var im api.Image
+	mustJSON(t, r.stdout, &im)
+	var m struct {
+		Release       string `json:"release"`
+		KernelVersion string `json:"kernel_version"`
+		Packages      []struct{ Name, Version string }
+		Artifacts     []struct {
+			Name   string `json:"name"`
+			Bytes  int64  `json:"bytes"`
+			SHA256 string `json:"sha256"`
+		} `json:"artifacts"`
+	}
+	raw, _ := json.Marshal(im.Manifest)
+	mustJSON(t, string(raw), &m)
+	if m.Release != "bookworm" || m.KernelVersion == "" || len(m.Packages) < 50 || len(m.Artifacts) < 4 {
+		t.Fatalf("manifest incomplete: %s", raw)
+	}
+	for _, a := range m.Artifacts {
+		if a.Bytes <= 0 || len(a.SHA256) != 64 {
+			t.Fatalf("artifact without size or sha256: %+v", a)
+		}
+	}
+	if show := d.must("image", "show", "default"); !strings.Contains(show, "Manifest:") || !strings.Contains(show, m.KernelVersion) {
+		t.Fatalf("image show does not print the manifest:\n%s", show)
+	}
+
+	t.Run("run-rm", func(t *testing.T) {
+		d := d.with(t)
+		out := d.must("vm", "run", "--rm", "--cpus", "2", "--vmm", vmmKind(), "--", "uname", "-a")
+		if !strings.Contains(out, "Linux") || !strings.Contains(out, m.KernelVersion) {
+			t.Fatalf("vm run printed %q, want the guest kernel %s", out, m.KernelVersion)
+		}
+		if vms := d.listVMs(); len(vms) != 0 {
+			t.Fatalf("vm run --rm left %d vms", len(vms))
+		}
+	})
+
+	t.Run("two-vms", func(t *testing.T) {
+		d := d.with(t)
+		a := d.startVM("alpha")
+		b := d.startVM("beta", "--publish", "12222:22")
+		if a.GuestIP == b.GuestIP || a.GuestIP == "" {
+			t.Fatalf("ips %s and %s", a.GuestIP, b.GuestIP)
+		}
+		gateway := gatewayOf(t, a.GuestIP)
+		// Each reaches the other's SSH server, and the gateway answers (a
+		// refused connection is an answer: nothing listens there).
+		for _, pair := range [][2]string{{"alpha", b.GuestIP}, {"beta", a.GuestIP}} {
+			if out := d.must("vm", "exec", pair[0], "--", "bash", "-c", "exec 3<>/dev/tcp/"+pair[1]+"/22; head -c 7 <&3"); out != "SSH-2.0" {
+				t.Fatalf("%s -> %s:22 read %q", pair[0], pair[1], out)
+			}
+		}
+		r, _ := d.run("vm", "exec", "alpha", "--", "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+gateway+"/9")
+		if !strings.Contains(r.stderr, "Connection refused") {
+			t.Fatalf("the gateway did not answer alpha: code %d %q", r.code, r.stderr)
+		}
+		if out := d.must("vm", "exec", "alpha", "--", "hostname"); strings.TrimSpace(out) != "alpha" {
+			t.Fatalf("hostname %q", out)
+		}
+		// exec: output, separate stderr, exit codes.
+		r, err := d.run("vm", "exec", "alpha", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+		if err == nil || r.code != 7 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err") || strings.Contains(r.stdout, "err") {
+			t.Fatalf("exec exit code/streams: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		// cp both ways, a file and a directory, identical checksums.
+		src := t.TempDir()
+		os.MkdirAll(filepath.Join(src, "tree", "sub"), 0o755)
+		os.WriteFile(filepath.Join(src, "tree", "a.txt"), []byte("hello banger\n"), 0o644)
+		os.WriteFile(filepath.Join(src, "tree", "sub", "b.bin"), bytesOf(300000), 0o600)
+		os.WriteFile(filepath.Join(src, "file.bin"), bytesOf(123457), 0o644)
+		d.must("vm", "cp", filepath.Join(src, "file.bin"), "alpha:/tmp/file.bin")
+		d.must("vm", "cp", filepath.Join(src, "tree"), "alpha:/tmp/")
+		if out := d.must("vm", "exec", "alpha", "--", "sha256sum", "/tmp/file.bin", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin"); !strings.Contains(out, sha(filepath.Join(src, "file.bin"))) || !strings.Contains(out, sha(filepath.Join(src, "tree", "sub", "b.bin"))) {
+			t.Fatalf("checksums on the guest differ:\n%s", out)
+		}
+		back := t.TempDir()
+		d.must("vm", "cp", "alpha:/tmp/tree", back)
+		d.must("vm", "cp", "alpha:/tmp/file.bin", filepath.Join(back, "file.bin"))
+		if treeSums(t, filepath.Join(src, "tree")) != treeSums(t, filepath.Join(back, "tree")) || sha(filepath.Join(back, "file.bin")) != sha(filepath.Join(src, "file.bin")) {
+			t.Fatal("copied back content differs")
+		}
+
+		// A published port (host 12222 to beta's sshd) answers from the test
+		// namespace while the VM runs, and not after it stops.
+		if got := d.netnsTry(gateway + ":12222"); !strings.HasPrefix(got, "SSH-2.0") {
+			t.Fatalf("published port answered %q", got)
+		}
+		d.must("vm", "stop", "beta")
+		if got := d.netnsTry(gateway + ":12222"); got != "refused" {
+			t.Fatalf("published port still answers after stop: %q", got)
+		}
+
+		// Host keys: each VM has its own, pinned, not from the image.
+		ka, kb := d.show("alpha").HostKey, d.show("beta").HostKey
+		if ka == "" || kb == "" || ka == kb {
+			t.Fatalf("host keys not per-vm: %q %q", ka, kb)
+		}
+		guestKey := strings.TrimSpace(d.must("vm", "exec", "alpha", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub"))
+		if !strings.HasPrefix(guestKey, ka) {
+			t.Fatalf("the guest's host key %q is not the pinned %q", guestKey, ka)
+		}
+		// A changed pin makes ssh refuse.
+		kh := filepath.Join(d.stateDir, "ssh", "known_hosts")
+		orig, _ := os.ReadFile(kh)
+		os.WriteFile(kh, []byte(strings.ReplaceAll(string(orig), ka, kb)), 0o600)
+		r, err = d.run("vm", "ssh", "alpha", "--", "true")
+		if err == nil || !strings.Contains(r.stderr, "alpha") || !strings.Contains(r.stderr, kh) {
+			t.Fatalf("a wrong pin was not refused, or the error does not name the vm and file: %v %s", err, r.stderr)
+		}
+		os.WriteFile(kh, orig, 0o600)
+
+		// Delete alpha; a new vm with the same name gets the same IP and ssh works.
+		d.must("vm", "delete", "alpha")
+		if pins, _ := os.ReadFile(kh); strings.Contains(string(pins), a.GuestIP+" ") || strings.Contains(string(pins), "alpha ") {
+			t.Fatalf("pins of a deleted vm remain:\n%s", pins)
+		}
+		again := d.startVM("alpha")
+		if again.GuestIP != a.GuestIP {
+			t.Fatalf("the new alpha got %s, not the released %s", again.GuestIP, a.GuestIP)
+		}
+		if out := d.must("vm", "ssh", "alpha", "--", "cat", "/etc/hostname"); strings.TrimSpace(out) != "alpha" {
+			t.Fatalf("ssh to the new alpha: %q", out)
+		}
+		d.must("vm", "delete", "alpha", "beta")
+		d.assertNetworkClean(kh)
+	})
+}
+
+// with rebinds the daemon handle to a subtest.
+func (d *daemon) with(t *testing.T) *daemon {
+	c := *d
+	c.t = t
+	return &c
+}
+
+// startVM creates and starts a small Debian VM and waits for its SSH.
+func (d *daemon) startVM(name string, extra ...string) api.VM {
+	d.t.Helper()
+	args := append([]string{"vm", "create", name, "--cpus", "1", "--memory", "512M", "--vmm", vmmKind()}, extra...)
+	d.must(args...)
+	d.must("vm", "start", "--wait", name)
+	return d.show(name)
+}
+
+func gatewayOf(t *testing.T, ip string) string {
+	a := net.ParseIP(ip).To4()
+	if a == nil {
+		t.Fatalf("bad ip %q", ip)
+	}
+	a[3] = 1
+	return a.String()
+}
+
+// netnsTry reads the first bytes addr sends on connect, from the daemon's
+// namespace, or says "refused".
+func (d *daemon) netnsTry(addr string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("ip", "netns", "exec", d.netns, "timeout", "10", "bash", "-c",
+		"exec 3<>/dev/tcp/"+host+"/"+port+" && head -c 7 <&3").Output()
+	if err != nil || len(out) == 0 {
+		return "refused"
+	}
+	return string(out)
+}
+
+// assertNetworkClean checks that no tap, published rule or pin is left in
+// the daemon's namespace once every VM is gone.
+func (d *daemon) assertNetworkClean(knownHosts string) {
+	d.t.Helper()
+	links, _ := exec.Command("ip", "-n", d.netns, "-o", "link", "show").CombinedOutput()
+	if strings.Contains(string(links), "tap-fc-") {
+		d.t.Fatalf("taps left:\n%s", links)
+	}
+	rules, err := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput()
+	if err != nil || strings.Contains(string(rules), "dnat") {
+		d.t.Fatalf("publish rules left (or no table): %v\n%s", err, rules)
+	}
+	if pins, _ := os.ReadFile(knownHosts); len(strings.TrimSpace(string(pins))) != 0 {
+		d.t.Fatalf("pins left:\n%s", pins)
+	}
+	if vms := d.listVMs(); len(vms) != 0 {
+		d.t.Fatalf("vms left: %v", vms)
+	}
+}
+
+func bytesOf(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+func sha(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "missing:" + path
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// treeSums is every file's relative path, mode and checksum.
+func treeSums(t *testing.T, root string) string {
+	var b strings.Builder
+	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(root, p)
+		fi, _ := e.Info()
+		fmt.Fprintf(&b, "%s %v", rel, fi.Mode())
+		if !e.IsDir() {
+			fmt.Fprintf(&b, " %s", sha(p))
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	return b.String()
+}
