@@ -14,7 +14,7 @@ import (
 // network.Manager); nil in Config means VMs get no network device.
 type HostNetwork interface {
 	EnsureHost(ctx context.Context) error
-	CreateTap(ctx context.Context, name string) error
+	CreateTap(ctx context.Context, name string, owner int) error
 	DeleteTap(ctx context.Context, name string) error
 	RemoveOrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error)
 	Publish(ctx context.Context, owner string, guestIP netip.Addr, p network.Publish) error

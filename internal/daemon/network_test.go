@@ -32,7 +32,7 @@ func newFakeNet() *fakeNet {
 
 func (f *fakeNet) EnsureHost(context.Context) error { return nil }
 
-func (f *fakeNet) CreateTap(_ context.Context, name string) error {
+func (f *fakeNet) CreateTap(_ context.Context, name string, _ int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.taps[name] = true

@@ -234,7 +234,7 @@ func TestPublishConflictsAndTeardown(t *testing.T) {
 
 	// Teardown: no table, no bridge, no tap; then again, and everything
 	// else is idempotent on a bare host.
-	if err := m.CreateTap(ctx, "tap-fc-0000000a"); err != nil {
+	if err := m.CreateTap(ctx, "tap-fc-0000000a", 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Teardown(ctx); err != nil {
@@ -260,7 +260,7 @@ func TestPublishConflictsAndTeardown(t *testing.T) {
 	if err := m.DeleteTap(ctx, "tap-fc-0000000a"); err != nil {
 		t.Errorf("DeleteTap after Teardown: %v", err)
 	}
-	if err := m.CreateTap(ctx, "tap-fc-0000000b"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if err := m.CreateTap(ctx, "tap-fc-0000000b", 0); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("CreateTap without a bridge = %v, want failed precondition", err)
 	}
 }

@@ -49,12 +49,13 @@ func checkTapName(name string) error {
 	return nil
 }
 
-// CreateTap creates the persistent tap name, owned by root, attaches it to
+// CreateTap creates the persistent tap name, owned by uid owner (the user
+// the VMM runs as: root, or a jailed Firecracker's), attaches it to
 // the bridge and sets it up; the VMM opens it by name. A tap of that name
 // that is already attached to banger's bridge is reused (a start retried
 // after a crash); any other link of that name is an error, never taken
 // over. The bridge must exist (EnsureHost).
-func (m *Manager) CreateTap(ctx context.Context, name string) error {
+func (m *Manager) CreateTap(ctx context.Context, name string, owner int) error {
 	if err := checkTapName(name); err != nil {
 		return err
 	}
@@ -82,7 +83,10 @@ func (m *Manager) CreateTap(ctx context.Context, name string) error {
 		return classify(fmt.Errorf("create tap %q: %w", name, err))
 	}
 
-	if err := m.createTap(name); err != nil {
+	if owner < 0 {
+		return errdefs.InvalidArgument("create tap %q: owner uid %d is negative", name, owner)
+	}
+	if err := m.createTap(name, owner); err != nil {
 		return err
 	}
 	link, err = m.nl.LinkByName(name)
@@ -101,8 +105,8 @@ func (m *Manager) CreateTap(ctx context.Context, name string) error {
 	return nil
 }
 
-// createTap creates a persistent tap, owned by root, on no bridge.
-func (m *Manager) createTap(name string) error {
+// createTap creates a persistent tap, owned by owner, on no bridge.
+func (m *Manager) createTap(name string, owner int) error {
 	err := inNetNS(m.ns, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -120,7 +124,7 @@ func (m *Manager) createTap(name string) error {
 		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 			return fmt.Errorf("TUNSETIFF: %w", err)
 		}
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, 0); err != nil {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, owner); err != nil {
 			return fmt.Errorf("TUNSETOWNER: %w", err)
 		}
 		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {

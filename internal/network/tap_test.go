@@ -21,14 +21,14 @@ func TestTaps(t *testing.T) {
 	m := e.m
 	const name = "tap-fc-0123abcd"
 
-	if err := m.CreateTap(ctx, name); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if err := m.CreateTap(ctx, name, 0); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("CreateTap without the bridge = %v, want failed precondition", err)
 	}
 	if err := m.EnsureHost(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{"eth0", "tap-fc-", "tap-fc-0123456789", "tap-fc-a/b", ""} {
-		if err := m.CreateTap(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if err := m.CreateTap(ctx, bad, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("CreateTap(%q) = %v, want invalid argument", bad, err)
 		}
 		if err := m.DeleteTap(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -36,7 +36,7 @@ func TestTaps(t *testing.T) {
 		}
 	}
 
-	if err := m.CreateTap(ctx, name); err != nil {
+	if err := m.CreateTap(ctx, name, 0); err != nil {
 		t.Fatal(err)
 	}
 	br, err := e.nl.LinkByName(DefaultBridge)
@@ -64,8 +64,22 @@ func TestTaps(t *testing.T) {
 	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Hairpin {
 		t.Errorf("tap's bridge port: hairpin %v, %v; want hairpin (see Manager.attach)", pi.Hairpin, err)
 	}
+	// A jailed Firecracker runs unprivileged: its tap is handed to its uid.
+	jailed := "tap-fc-jail0001"
+	if err := m.CreateTap(ctx, jailed, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if jt, ok := linkOf(t, e, jailed).(*netlink.Tuntap); !ok || jt.Owner != 65534 {
+		t.Errorf("jailed tap owner = %+v, want uid 65534", jt)
+	}
+	if err := m.DeleteTap(ctx, jailed); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CreateTap(ctx, "tap-fc-jail0002", -1); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("negative owner: %v", err)
+	}
 	// Reused when it is one of ours (a retried start).
-	if err := m.CreateTap(ctx, name); err != nil {
+	if err := m.CreateTap(ctx, name, 0); err != nil {
 		t.Fatalf("CreateTap of an existing banger tap: %v", err)
 	}
 	if again := linkOf(t, e, name); again.Attrs().Index != tap.Attrs().Index {
@@ -98,16 +112,16 @@ func TestTaps(t *testing.T) {
 	if err := e.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tap-fc-veth001"}, PeerName: "vt-peer"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CreateTap(ctx, "tap-fc-veth001"); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if err := m.CreateTap(ctx, "tap-fc-veth001", 0); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("CreateTap over a veth = %v, want already exists", err)
 	}
 	if err := m.DeleteTap(ctx, "tap-fc-veth001"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("DeleteTap of a veth = %v, want failed precondition", err)
 	}
-	if err := m.createTap("tap-fc-loose001"); err != nil { // a tap on no bridge
+	if err := m.createTap("tap-fc-loose001", 0); err != nil { // a tap on no bridge
 		t.Fatal(err)
 	}
-	if err := m.CreateTap(ctx, "tap-fc-loose001"); !errors.Is(err, errdefs.ErrAlreadyExists) {
+	if err := m.CreateTap(ctx, "tap-fc-loose001", 0); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		t.Errorf("CreateTap over a tap on no bridge = %v, want already exists", err)
 	}
 	for _, n := range []string{"tap-fc-veth001", "tap-fc-loose001"} {
@@ -135,7 +149,7 @@ func TestRemoveOrphanTaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"tap-fc-00000001", "tap-fc-00000002"} {
-		if err := m.CreateTap(ctx, n); err != nil {
+		if err := m.CreateTap(ctx, n, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,7 +157,7 @@ func TestRemoveOrphanTaps(t *testing.T) {
 	// links that are not banger taps: a veth with the prefix, a tap
 	// without it.
 	for _, n := range []string{"tap-fc-00000003", "tap-other"} {
-		if err := m.createTap(n); err != nil {
+		if err := m.createTap(n, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -131,7 +131,7 @@ func TestLoopbackGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	const tap = "tap-fc-00000009"
-	if err := m.CreateTap(ctx, tap); err != nil {
+	if err := m.CreateTap(ctx, tap, 0); err != nil {
 		t.Fatal(err)
 	}
 	f := openTap(t, e.host, tap)

@@ -50,13 +50,16 @@ type Features struct {
 
 // Info describes a driver on this host.
 type Info struct {
-	Kind      string   `json:"kind"`
-	Available bool     `json:"available"`
-	Reason    string   `json:"reason"` // why it is (not) available, and with what acceleration
-	Binary    string   `json:"binary,omitempty"`
-	Version   string   `json:"version,omitempty"`
-	Accel     string   `json:"accel,omitempty"` // "kvm" or "tcg"
-	Features  Features `json:"features"`
+	Kind      string `json:"kind"`
+	Available bool   `json:"available"`
+	Reason    string `json:"reason"` // why it is (not) available, and with what acceleration
+	Binary    string `json:"binary,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Accel     string `json:"accel,omitempty"` // "kvm" or "tcg"
+	// RunAsUID is the user the VMM process runs as (a jailed Firecracker's
+	// unprivileged uid; else root): the VM's tap is handed to it.
+	RunAsUID int      `json:"run_as_uid,omitempty"`
+	Features Features `json:"features"`
 }
 
 // Driver runs VMs of one kind. Every method takes the same Spec the daemon

@@ -4,6 +4,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,6 +33,7 @@ type Driver struct {
 	Binary      string // default qemu-system-x86_64, found on PATH
 	KVMDevice   string // default /dev/kvm
 	VsockDevice string // default /dev/vhost-vsock
+	Machine     string // -machine type; empty means the Machine constant (q35)
 
 	versionOnce sync.Once
 	version     string
@@ -103,7 +105,7 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 	}
 	args := []string{
 		"-name", "guest=" + spec.Name,
-		"-machine", Machine, "-accel", accel, "-cpu", cpu,
+		"-machine", cmp.Or(d.Machine, Machine), "-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		// A guest reboot (Ctrl-Alt-Del, panic) ends the process, as with Firecracker.
