@@ -47,7 +47,7 @@ var (
 )
 
 // bangerBinary builds cmd/banger once per test process.
-func bangerBinary(t *testing.T) string {
+func bangerBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "banger-e2e-bin-")
@@ -71,7 +71,7 @@ func bangerBinary(t *testing.T) string {
 }
 
 // testImage builds (or reuses from the cache) the small test guest.
-func testImage(t *testing.T) testimage.Image {
+func testImage(t testing.TB) testimage.Image {
 	t.Helper()
 	imageOnce.Do(func() {
 		if err := testimage.CheckHost(); err != nil {
@@ -96,7 +96,7 @@ func testImage(t *testing.T) testimage.Image {
 // running with every CLI call in a network namespace of its own, so the
 // host's network is never touched.
 type daemon struct {
-	t        *testing.T
+	t        testing.TB
 	netns    string
 	bin      string
 	stateDir string
@@ -107,14 +107,14 @@ type daemon struct {
 	flags    []string // extra daemon flags
 }
 
-func requireE2E(t *testing.T) {
+func requireE2E(t testing.TB) {
 	t.Helper()
 	testutil.RequireVMs(t)
 }
 
 // startDaemon starts a daemon on fresh temporary dirs; t.Cleanup deletes
 // every VM it still has, stops it and checks nothing was left behind.
-func startDaemon(t *testing.T, flags ...string) *daemon {
+func startDaemon(t testing.TB, flags ...string) *daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "bgr-")
 	if err != nil {
@@ -369,7 +369,7 @@ func tail(b []byte, n int) string {
 
 func itoa(n int) string { return fmt.Sprint(n) }
 
-func mustJSON(t *testing.T, s string, v any) {
+func mustJSON(t testing.TB, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("%v: %s", err, s)
