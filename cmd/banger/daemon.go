@@ -26,6 +26,7 @@ import (
 )
 
 type daemonOptions struct {
+	noNetwork       bool
 	mirror          string
 	packageCache    string
 	bridge          string
@@ -55,6 +56,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's, on the bridge")
 	f.StringVar(&o.mirror, "debian-mirror", "", "Debian archive for image builds (default http://deb.debian.org/debian)")
 	f.StringVar(&o.packageCache, "package-cache", "", "directory keeping downloaded .debs between image builds (default <state-dir>/cache/apt)")
+	f.BoolVar(&o.noNetwork, "no-network", false, "leave the host's network alone: no bridge, taps or nftables; VMs get no network device")
 	f.StringVar(&o.bridge, "bridge", network.DefaultBridge, "the guests' bridge")
 	f.StringSliceVar(&o.guestDNS, "guest-dns", nil, "DNS servers for guests (default: this host's non-loopback resolvers, else 1.1.1.1)")
 	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
@@ -101,11 +103,15 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if err != nil {
 		return fmt.Errorf("banger's ssh key: %w", err)
 	}
-	netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Logger: log})
-	if err != nil {
-		return err
+	var hostNet daemon.HostNetwork
+	if !o.noNetwork {
+		netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer netm.Close()
+		hostNet = netm
 	}
-	defer netm.Close()
 
 	st, err := store.Open(ctx, l.DBPath())
 	if err != nil {
@@ -119,7 +125,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		GuestCIDR:       o.guestCIDR,
 		GracefulTimeout: o.gracefulTimeout,
 		Logger:          log,
-		Network:         netm,
+		Network:         hostNet,
 		GuestDNS:        dns,
 		ClientKey:       authorizedKey,
 		Mirror:          o.mirror,

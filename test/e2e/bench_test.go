@@ -25,10 +25,8 @@ import (
 //	BANGER_VM_TESTS=1 go test ./test/e2e -run '^$' -bench StartToSSH -benchtime 7x -timeout 60m
 func BenchmarkStartToSSH(b *testing.B) {
 	requireE2E(b)
-	d := startDaemon(b, "--package-cache", filepath.Join(cacheDir(), "apt"))
-	if r, err := d.run("image", "build"); err != nil {
-		b.Fatalf("image build: %v\n%s", err, r.stderr)
-	}
+	d := startDaemon(b)
+	d.buildDefaultImage()
 	d.must("vm", "create", "bench", "--cpus", "2", "--memory", "1G", "--vmm", "qemu")
 	d.must("vm", "start", "--wait", "bench") // the first boot, not measured
 	v := d.show("bench")

@@ -30,28 +30,25 @@ func cacheDir() string {
 // on real Debian guests, all inside the daemon's own network namespace.
 func TestGuests(t *testing.T) {
 	requireE2E(t)
-	d := startDaemon(t, "--package-cache", filepath.Join(cacheDir(), "apt"))
+	d := startDaemon(t)
 
 	began := time.Now()
-	r, err := d.run("image", "build", "-o", "json")
-	if err != nil {
-		t.Fatalf("image build: %v\n%s", err, tail([]byte(r.stderr), 4000))
-	}
+	stdout, stderr := d.buildDefaultImage()
 	t.Logf("image build took %s", time.Since(began).Round(time.Second))
 	for _, stage := range []string{"packages", "kernel", "initramfs", "filesystem"} {
-		if !strings.Contains(r.stderr, stage+": done") {
-			t.Errorf("build progress does not show stage %q done:\n%s", stage, tail([]byte(r.stderr), 2000))
+		if !strings.Contains(stderr, stage+": done") {
+			t.Errorf("build progress does not show stage %q done:\n%s", stage, tail([]byte(stderr), 2000))
 		}
 	}
 	var im api.Image
-	mustJSON(t, r.stdout, &im)
+	mustJSON(t, stdout, &im)
 	var m struct {
 		Release       string `json:"release"`
 		KernelVersion string `json:"kernel_version"`
 		Packages      []struct{ Name, Version string }
 		Artifacts     []struct {
 			Name   string `json:"name"`
-			Bytes  int64  `json:"bytes"`
+			Bytes  int64  `json:"size"`
 			SHA256 string `json:"sha256"`
 		} `json:"artifacts"`
 	}

@@ -375,3 +375,44 @@ func mustJSON(t testing.TB, s string, v any) {
 		t.Fatalf("%v: %s", err, s)
 	}
 }
+
+// buildDefaultImage runs `banger image build` on this daemon's state dir
+// with a second daemon in the host's network namespace (image builds
+// download from Debian's archive; the test namespace has no way out) and
+// --no-network, so the host's network is still left alone. The test's
+// daemon is stopped meanwhile: one daemon owns a state dir at a time.
+func (d *daemon) buildDefaultImage() (stdout, stderr string) {
+	d.t.Helper()
+	d.stop()
+	defer d.start()
+	builder := exec.Command(d.bin, "--state-dir", d.stateDir, "--runtime-dir", d.runDir, "daemon", "--no-network",
+		"--log-file", d.logFile, "--package-cache", filepath.Join(cacheDir(), "apt"))
+	builder.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := builder.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	defer func() {
+		builder.Process.Signal(syscall.SIGTERM)
+		builder.Wait()
+	}()
+	cli := func(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+		c := exec.Command(d.bin, append([]string{"--state-dir", d.stateDir, "--runtime-dir", d.runDir}, args...)...)
+		var o, e bytes.Buffer
+		c.Stdout, c.Stderr = &o, &e
+		return c, &o, &e
+	}
+	for i := 0; ; i++ {
+		if c, _, _ := cli("image", "list"); c.Run() == nil {
+			break
+		}
+		if i > 300 {
+			d.t.Fatal("the build daemon did not answer")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c, o, e := cli("image", "build", "-o", "json")
+	if err := c.Run(); err != nil {
+		d.t.Fatalf("image build: %v\n%s", err, tail(e.Bytes(), 4000))
+	}
+	return o.String(), e.String()
+}
