@@ -280,7 +280,11 @@ func (d *daemon) ops(ref string) []api.Operation {
 func (d *daemon) importTestImage() {
 	d.t.Helper()
 	im := testImage(d.t)
-	d.must("image", "import", "default", "--kernel", im.Kernel, "--initrd", im.Initrd, "--rootfs", im.Rootfs)
+	kernel := im.Kernel
+	if vmmKind() == "firecracker" {
+		kernel = im.Vmlinux // Firecracker boots only an ELF vmlinux
+	}
+	d.must("image", "import", "default", "--kernel", kernel, "--initrd", im.Initrd, "--rootfs", im.Rootfs)
 }
 
 // createVM makes a small VM with the suite's driver.

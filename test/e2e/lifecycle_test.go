@@ -268,3 +268,25 @@ func TestZeroPoolRefused(t *testing.T) {
 		t.Fatalf("the refused daemon created its bridge:\n%s", links)
 	}
 }
+
+// TestELFKernelImage imports the test guest with its ELF vmlinux (what
+// Firecracker boots): the image records it for both drivers, and QEMU
+// boots it through its PVH entry.
+func TestELFKernelImage(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	im := testImage(t)
+	d.must("image", "import", "elf", "--kernel", im.Vmlinux, "--initrd", im.Initrd, "--rootfs", im.Rootfs)
+	var got struct {
+		KernelPath string `json:"kernel_path"`
+	}
+	mustJSON(t, d.must("image", "show", "elf", "-o", "json"), &got)
+	if !strings.HasSuffix(got.KernelPath, "/vmlinux") {
+		t.Fatalf("an ELF kernel was recorded as %s", got.KernelPath)
+	}
+	d.createVM("elf", "--image", "elf")
+	d.must("vm", "start", "elf")
+	d.waitLog("elf", testimage.BootLine(1), 1, bootTimeout)
+	d.must("vm", "stop", "elf")
+	d.waitLog("elf", testimage.ShutdownMarker, 1, 5*time.Second)
+}

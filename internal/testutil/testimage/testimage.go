@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/internal/image/initramfs"
+	"github.com/banger-vm/banger/internal/image/vmlinux"
 )
 
 const (
@@ -59,6 +60,7 @@ var Modules = []string{"virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", 
 // writes to its root disk, so copy it before booting.
 type Image struct {
 	Kernel        string // vmlinuz (bzImage), for QEMU -kernel
+	Vmlinux       string // the same kernel as an ELF vmlinux, for Firecracker
 	Initrd        string // gzip newc cpio
 	Rootfs        string // raw ext4, RootfsSize bytes
 	KernelVersion string // uname -r of the guest, e.g. 6.1.0-56-cloud-amd64
@@ -150,6 +152,9 @@ func Build(ctx context.Context, cacheDir string) (Image, error) {
 	}
 	img := Image{Kernel: filepath.Join(kdir, "vmlinuz"), KernelVersion: strings.TrimSpace(string(kver))}
 
+	if img.Vmlinux, err = ensureVmlinux(img.Kernel); err != nil {
+		return Image{}, err
+	}
 	if img.Initrd, err = ensureInitrd(cacheDir, kdir, img.KernelVersion, busybox, bbSum); err != nil {
 		return Image{}, err
 	}
@@ -157,6 +162,21 @@ func Build(ctx context.Context, cacheDir string) (Image, error) {
 		return Image{}, err
 	}
 	return img, nil
+}
+
+// ensureVmlinux extracts the ELF vmlinux next to the bzImage, once.
+func ensureVmlinux(vmlinuz string) (string, error) {
+	out := filepath.Join(filepath.Dir(vmlinuz), "vmlinux")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	tmp := filepath.Join(filepath.Dir(vmlinuz), tmpPrefix+"vmlinux")
+	os.Remove(tmp) // an interrupted earlier run's
+	if _, _, err := vmlinux.ExtractFile(vmlinuz, tmp); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("testimage: extract vmlinux: %w", err)
+	}
+	return out, os.Rename(tmp, out)
 }
 
 // lock takes an exclusive flock on path, polling so that ctx can cancel.
