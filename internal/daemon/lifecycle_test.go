@@ -29,7 +29,7 @@ func TestCreateRecordsStoppedVMWithDisk(t *testing.T) {
 		t.Fatal("create without --start launched a vmm")
 	}
 	op, stages := e.lastOp("web")
-	if op.Kind != "vm.create" || op.Status != model.OpDone || !slices.Equal(stages, []string{"disk.create:done", "guest.identity:note"}) {
+	if op.Kind != "vm.create" || op.Status != model.OpDone || !slices.Equal(stages, []string{"vmm.choose:note", "disk.create:done", "guest.identity:note"}) {
 		t.Fatalf("journal %+v %v", op, stages)
 	}
 }

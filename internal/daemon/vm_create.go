@@ -72,6 +72,7 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	}
 
 	op := s.begin(ctx, "vm.create", v)
+	op.Note("vmm.choose", v.VMM+": "+v.VMMReason)
 	if err := s.makeDisk(ctx, v, img, op); err != nil {
 		s.discardCreate(ctx, v)
 		return nil, op.finish(fmt.Errorf("create vm %q: %w", v.Name, err))
