@@ -77,15 +77,17 @@ func (s *Service) removeStalePublishes(ctx context.Context, running map[string]b
 // their mounts in a private mount namespace, gone with the process.)
 func (s *Service) removeTemporaries() {
 	var leftovers []string
-	entries, _ := os.ReadDir(s.layout.ImagesDir())
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") {
-			leftovers = append(leftovers, filepath.Join(s.layout.ImagesDir(), e.Name()))
+	for _, dir := range []string{s.layout.ImagesDir(), s.layout.TmpDir()} {
+		entries, err := os.ReadDir(dir)
+		if err != nil && !os.IsNotExist(err) {
+			s.log.Warn("could not list a dir for leftovers", "dir", dir, "error", err)
 		}
-	}
-	entries, _ = os.ReadDir(s.layout.TmpDir())
-	for _, e := range entries {
-		leftovers = append(leftovers, filepath.Join(s.layout.TmpDir(), e.Name()))
+		for _, e := range entries {
+			// In the images dir only the dot-named temporaries; all of tmp.
+			if dir == s.layout.TmpDir() || strings.HasPrefix(e.Name(), ".") {
+				leftovers = append(leftovers, filepath.Join(dir, e.Name()))
+			}
+		}
 	}
 	for _, p := range leftovers {
 		if err := os.RemoveAll(p); err != nil {

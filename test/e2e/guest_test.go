@@ -66,6 +66,39 @@ func TestGuests(t *testing.T) {
 		t.Fatalf("image show does not print the manifest:\n%s", show)
 	}
 
+	t.Run("bad-builds", func(t *testing.T) {
+		d := d.with(t)
+		d.withBuildDaemon(func(cli func(args ...string) (result, error)) {
+			r, _ := cli("image", "build", "broken", "--packages", "banger-no-such-package")
+			if r.code != 3 || !strings.Contains(r.stderr, "banger-no-such-package") {
+				t.Errorf("unknown package: exit %d, %s", r.code, tail([]byte(r.stderr), 600))
+			}
+			for _, c := range []struct {
+				code int
+				args []string
+			}{
+				{2, []string{"image", "build", "tiny", "--size", "64M"}},
+				{2, []string{"image", "build", "old", "--release", "hamm"}},
+				{4, []string{"image", "build"}}, // default exists
+			} {
+				if r, _ := cli(c.args...); r.code != c.code || !strings.HasPrefix(r.stderr, "banger: ") {
+					t.Errorf("%v: exit %d, %q", c.args, r.code, r.stderr)
+				}
+			}
+		})
+		if strings.Contains(d.must("image", "list"), "broken") {
+			t.Fatal("a failed build registered an image")
+		}
+		for _, dir := range []string{filepath.Join(d.stateDir, "tmp")} {
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Fatalf("a failed build left %v in %s", entries, dir)
+			}
+		}
+		if entries, _ := os.ReadDir(filepath.Join(d.stateDir, "images")); len(entries) != 1 {
+			t.Fatalf("images dir holds %d entries, want the default image's only", len(entries))
+		}
+	})
+
 	t.Run("run-rm", func(t *testing.T) {
 		d := d.with(t)
 		out := d.must("vm", "run", "--rm", "--cpus", "2", "--vmm", vmmKind(), "--", "uname", "-a")

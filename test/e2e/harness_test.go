@@ -380,12 +380,12 @@ func mustJSON(t testing.TB, s string, v any) {
 	}
 }
 
-// buildDefaultImage runs `banger image build` on this daemon's state dir
+// withBuildDaemon runs fn against a second daemon on this daemon's state dir
 // with a second daemon in the host's network namespace (image builds
 // download from Debian's archive; the test namespace has no way out) and
 // --no-network, so the host's network is still left alone. The test's
 // daemon is stopped meanwhile: one daemon owns a state dir at a time.
-func (d *daemon) buildDefaultImage() (stdout, stderr string) {
+func (d *daemon) withBuildDaemon(fn func(cli func(args ...string) (result, error))) {
 	d.t.Helper()
 	d.stop()
 	defer d.start()
@@ -399,14 +399,21 @@ func (d *daemon) buildDefaultImage() (stdout, stderr string) {
 		builder.Process.Signal(syscall.SIGTERM)
 		builder.Wait()
 	}()
-	cli := func(args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	cli := func(args ...string) (result, error) {
 		c := exec.Command(d.bin, append([]string{"--state-dir", d.stateDir, "--runtime-dir", d.runDir}, args...)...)
 		var o, e bytes.Buffer
 		c.Stdout, c.Stderr = &o, &e
-		return c, &o, &e
+		err := c.Run()
+		r := result{stdout: o.String(), stderr: e.String()}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			r.code = ee.ExitCode()
+			err = fmt.Errorf("banger %s: exit %d: %s", strings.Join(args, " "), r.code, tail(e.Bytes(), 3000))
+		}
+		return r, err
 	}
 	for i := 0; ; i++ {
-		if c, _, _ := cli("image", "list"); c.Run() == nil {
+		if _, err := cli("image", "list"); err == nil {
 			break
 		}
 		if i > 300 {
@@ -414,9 +421,18 @@ func (d *daemon) buildDefaultImage() (stdout, stderr string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c, o, e := cli("image", "build", "-o", "json")
-	if err := c.Run(); err != nil {
-		d.t.Fatalf("image build: %v\n%s", err, tail(e.Bytes(), 4000))
-	}
-	return o.String(), e.String()
+	fn(cli)
+}
+
+// buildDefaultImage runs `banger image build` (see withBuildDaemon).
+func (d *daemon) buildDefaultImage() (stdout, stderr string) {
+	d.t.Helper()
+	d.withBuildDaemon(func(cli func(args ...string) (result, error)) {
+		r, err := cli("image", "build", "-o", "json")
+		if err != nil {
+			d.t.Fatalf("image build: %v", err)
+		}
+		stdout, stderr = r.stdout, r.stderr
+	})
+	return stdout, stderr
 }
