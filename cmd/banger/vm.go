@@ -98,6 +98,25 @@ func errInvalid(args []string) error {
 	return errdefs.InvalidArgument("unexpected arguments %q (hint: banger vm run [NAME] [flags] -- CMD...)", args)
 }
 
+// eachRef runs fn for every VM named on the command line. With one VM its
+// error is the command's; with several, each failure is printed and the
+// command exits with the first failure's code after trying them all.
+func eachRef(cmd *cobra.Command, refs []string, fn func(ref string) error) error {
+	if len(refs) == 1 {
+		return fn(refs[0])
+	}
+	var first error
+	for _, ref := range refs {
+		if err := fn(ref); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
+			if first == nil {
+				first = &exitError{code: exitCode(err)}
+			}
+		}
+	}
+	return first
+}
+
 // vmAction is the shape of start, stop, restart and kill.
 func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref string) (api.VM, error)) *cobra.Command {
 	var quiet bool
@@ -106,28 +125,17 @@ func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref str
 		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var firstErr error
-			for _, ref := range args {
+			return eachRef(cmd, args, func(ref string) error {
 				v, err := do(cmd, ref)
 				if err != nil {
-					if len(args) == 1 {
-						return err
-					}
-					fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
-					if firstErr == nil {
-						firstErr = &exitError{code: exitCode(err)}
-					}
-					continue
+					return err
 				}
 				if quiet || len(args) > 1 {
 					fmt.Fprintln(cmd.OutOrStdout(), v.Name)
-					continue
+					return nil
 				}
-				if err := renderVM(cmd.OutOrStdout(), g.output, v); err != nil {
-					return err
-				}
-			}
-			return firstErr
+				return renderVM(cmd.OutOrStdout(), g.output, v)
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's name")
@@ -188,21 +196,13 @@ func newVMDelete(g *globals) *cobra.Command {
 		Short:   "Delete VMs: stop them if they run, remove their disks and records",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var firstErr error
-			for _, ref := range args {
+			return eachRef(cmd, args, func(ref string) error {
 				if err := g.client().DeleteVM(cmd.Context(), ref); err != nil {
-					if len(args) == 1 {
-						return err
-					}
-					fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
-					if firstErr == nil {
-						firstErr = &exitError{code: exitCode(err)}
-					}
-					continue
+					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), ref)
-			}
-			return firstErr
+				return nil
+			})
 		},
 	}
 }

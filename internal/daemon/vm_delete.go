@@ -13,11 +13,8 @@ import (
 // DeleteVM ends a VM if it runs, removes its runtime, disk, record and
 // directory, and forgets its host-key pins.
 func (s *Service) DeleteVM(ctx context.Context, ref string) error {
-	ctx = context.WithoutCancel(ctx)
-	return s.withVM(ctx, ref, func(v *model.VM) error {
-		op := s.begin(ctx, "vm.delete", v)
-		return op.finish(s.deleteLocked(ctx, v, op))
-	})
+	_, err := s.runOp(context.WithoutCancel(ctx), ref, "vm.delete", s.deleteLocked)
+	return err
 }
 
 func (s *Service) deleteLocked(ctx context.Context, v *model.VM, op *operation) error {

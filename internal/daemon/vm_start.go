@@ -34,14 +34,10 @@ const baseKernelArgs = "root=/dev/vda rw panic=1"
 
 // StartVM starts a VM. A running VM is returned as is.
 func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
-	var out *model.VM
-	err := s.withVM(ctx, ref, func(v *model.VM) error {
-		op := s.begin(ctx, "vm.start", v)
-		var err error
-		out, err = s.startLocked(ctx, v, op)
-		return op.finish(err)
+	return s.runOp(ctx, ref, "vm.start", func(ctx context.Context, v *model.VM, op *operation) error {
+		_, err := s.startLocked(ctx, v, op)
+		return err
 	})
-	return out, err
 }
 
 // startLocked runs the start steps; the caller holds the VM's lock.

@@ -27,26 +27,39 @@ func (s *Service) StopVM(ctx context.Context, ref string, timeout time.Duration)
 	if timeout == 0 {
 		timeout = s.cfg.GracefulTimeout
 	}
-	ctx = context.WithoutCancel(ctx) // a stop, once begun, is finished
+	// A stop, once begun, is finished.
+	return s.runOp(context.WithoutCancel(ctx), ref, "vm.stop", func(ctx context.Context, v *model.VM, op *operation) error {
+		return s.stopLocked(ctx, v, op, timeout)
+	})
+}
+
+// runOp resolves and locks ref, journals kind and runs fn under the lock.
+func (s *Service) runOp(ctx context.Context, ref, kind string, fn func(ctx context.Context, v *model.VM, op *operation) error) (*model.VM, error) {
 	var out *model.VM
 	err := s.withVM(ctx, ref, func(v *model.VM) error {
-		op := s.begin(ctx, "vm.stop", v)
+		op := s.begin(ctx, kind, v)
 		out = v
-		return op.finish(s.stopLocked(ctx, v, op, timeout))
+		return op.finish(fn(ctx, v, op))
 	})
 	return out, err
 }
 
-func (s *Service) stopLocked(ctx context.Context, v *model.VM, op *operation, timeout time.Duration) error {
+// beginStopping records the VM stopping if its VMM runs; if it does not,
+// it runs the stale-runtime cleanup instead and reports done.
+func (s *Service) beginStopping(ctx context.Context, v *model.VM, op *operation) (done bool, err error) {
 	if !s.alive(v) {
 		op.Note("vmm.not-running", "cleaning up what is left of the runtime")
-		return s.teardown(ctx, v, op, "")
+		return true, s.teardown(ctx, v, op, "")
 	}
-	pid, st := v.Runtime.PID, v.Runtime.PIDStartTime
 	v.State = model.StateStopping
-	if err := s.store.UpdateVM(ctx, v); err != nil {
+	return false, s.store.UpdateVM(ctx, v)
+}
+
+func (s *Service) stopLocked(ctx context.Context, v *model.VM, op *operation, timeout time.Duration) error {
+	if done, err := s.beginStopping(ctx, v, op); done || err != nil {
 		return err
 	}
+	pid, st := v.Runtime.PID, v.Runtime.PIDStartTime
 	drv, err := s.driver(v.VMM)
 	if err == nil {
 		err = drv.Shutdown(ctx, s.runtimeSpec(v))
@@ -73,26 +86,16 @@ func (s *Service) KillVM(ctx context.Context, ref, signal string) (*model.VM, er
 	if err != nil {
 		return nil, errdefs.InvalidArgument("%w", err)
 	}
-	ctx = context.WithoutCancel(ctx)
-	var out *model.VM
-	err = s.withVM(ctx, ref, func(v *model.VM) error {
-		op := s.begin(ctx, "vm.kill", v)
-		out = v
-		return op.finish(s.killLocked(ctx, v, op, sig))
+	return s.runOp(context.WithoutCancel(ctx), ref, "vm.kill", func(ctx context.Context, v *model.VM, op *operation) error {
+		return s.killLocked(ctx, v, op, sig)
 	})
-	return out, err
 }
 
 func (s *Service) killLocked(ctx context.Context, v *model.VM, op *operation, sig syscall.Signal) error {
-	if !s.alive(v) {
-		op.Note("vmm.not-running", "cleaning up what is left of the runtime")
-		return s.teardown(ctx, v, op, "")
-	}
-	pid, st := v.Runtime.PID, v.Runtime.PIDStartTime
-	v.State = model.StateStopping
-	if err := s.store.UpdateVM(ctx, v); err != nil {
+	if done, err := s.beginStopping(ctx, v, op); done || err != nil {
 		return err
 	}
+	pid, st := v.Runtime.PID, v.Runtime.PIDStartTime
 	name := unix.SignalName(sig)
 	if err := s.signal(pid, st, sig); err != nil {
 		op.Stage("vmm.signal", "failed", err.Error())
@@ -161,16 +164,11 @@ func (s *Service) RestartVM(ctx context.Context, ref string, timeout time.Durati
 	if timeout == 0 {
 		timeout = s.cfg.GracefulTimeout
 	}
-	var out *model.VM
-	err := s.withVM(ctx, ref, func(v *model.VM) error {
-		op := s.begin(ctx, "vm.restart", v)
-		out = v
+	return s.runOp(ctx, ref, "vm.restart", func(ctx context.Context, v *model.VM, op *operation) error {
 		if err := s.stopLocked(context.WithoutCancel(ctx), v, op, timeout); err != nil {
-			return op.finish(err)
+			return err
 		}
-		var err error
-		out, err = s.startLocked(ctx, v, op)
-		return op.finish(err)
+		_, err := s.startLocked(ctx, v, op)
+		return err
 	})
-	return out, err
 }

@@ -15,12 +15,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/dustin/go-humanize"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 // guestFiles are copied into the image root as they are (modes are set by
@@ -189,7 +188,7 @@ func (b *builder) packages(ctx context.Context) error {
 				return fmt.Errorf("package cache: %w", err)
 			}
 		}
-		unlock, err := lockFile(ctx, filepath.Join(b.spec.CacheDir, ".lock"))
+		unlock, err := system.LockFile(ctx, filepath.Join(b.spec.CacheDir, ".lock"))
 		if err != nil {
 			return err
 		}
@@ -305,28 +304,4 @@ func debKey(name string) string {
 		return name
 	}
 	return f[0] + "_" + f[2]
-}
-
-// lockFile takes an exclusive flock on path, waiting while ctx allows.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("package cache lock: %w", err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("package cache lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for package cache lock %s (another build uses the cache): %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

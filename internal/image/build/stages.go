@@ -95,7 +95,7 @@ func (b *builder) initramfs(ctx context.Context) error {
 			return fmt.Errorf("no modules.dep, and busybox depmod failed: %w", err)
 		}
 	}
-	deps, builtin, err := loadModuleIndex(modDir)
+	deps, builtin, err := initramfs.LoadIndex(modDir)
 	if err != nil {
 		return err
 	}
@@ -166,25 +166,6 @@ func decompressZstd(srcDir, dstDir string, mods []string) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-func loadModuleIndex(modDir string) (initramfs.Deps, initramfs.Builtin, error) {
-	f, err := os.Open(filepath.Join(modDir, "modules.dep"))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	deps, err := initramfs.ParseModulesDep(f)
-	if err != nil {
-		return nil, nil, err
-	}
-	bf, err := os.Open(filepath.Join(modDir, "modules.builtin"))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer bf.Close()
-	builtin, err := initramfs.ParseModulesBuiltin(bf)
-	return deps, builtin, err
 }
 
 // writeFile writes path (new, 0644) through fn; on error it is removed.

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -189,4 +191,25 @@ func Resolve(deps Deps, builtin Builtin, names ...string) ([]string, error) {
 		}
 	}
 	return order, nil
+}
+
+// LoadIndex reads modules.dep and modules.builtin from a kernel's
+// /lib/modules/<version> directory.
+func LoadIndex(modDir string) (Deps, Builtin, error) {
+	f, err := os.Open(filepath.Join(modDir, "modules.dep"))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	deps, err := ParseModulesDep(f)
+	if err != nil {
+		return nil, nil, err
+	}
+	bf, err := os.Open(filepath.Join(modDir, "modules.builtin"))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer bf.Close()
+	builtin, err := ParseModulesBuiltin(bf)
+	return deps, builtin, err
 }

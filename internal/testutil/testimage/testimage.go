@@ -26,10 +26,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/banger-vm/banger/internal/image/initramfs"
 	"github.com/banger-vm/banger/internal/image/vmlinux"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 const (
@@ -126,7 +126,7 @@ func Build(ctx context.Context, cacheDir string) (Image, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return Image{}, fmt.Errorf("testimage: %w", err)
 	}
-	unlock, err := lock(ctx, filepath.Join(cacheDir, ".lock"))
+	unlock, err := system.LockFile(ctx, filepath.Join(cacheDir, ".lock"))
 	if err != nil {
 		return Image{}, err
 	}
@@ -177,30 +177,6 @@ func ensureVmlinux(vmlinuz string) (string, error) {
 		return "", fmt.Errorf("testimage: extract vmlinux: %w", err)
 	}
 	return out, os.Rename(tmp, out)
-}
-
-// lock takes an exclusive flock on path, polling so that ctx can cancel.
-func lock(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("testimage: %w", err)
-	}
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("testimage: lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("testimage: waiting for lock %s: %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 const tmpPrefix = ".tmp-"
@@ -352,7 +328,7 @@ func ensureKernel(ctx context.Context, cacheDir, busybox string) (string, error)
 // a digest of everything that goes into it, so a change rebuilds it.
 func ensureInitrd(cacheDir, kdir, kver, busybox, bbSum string) (string, error) {
 	modDir := filepath.Join(kdir, "lib", "modules", kver)
-	deps, builtin, err := loadModuleIndex(modDir)
+	deps, builtin, err := initramfs.LoadIndex(modDir)
 	if err != nil {
 		return "", fmt.Errorf("testimage: %w", err)
 	}
@@ -372,25 +348,6 @@ func ensureInitrd(cacheDir, kdir, kver, busybox, bbSum string) (string, error) {
 		return "", fmt.Errorf("testimage: %w", err)
 	}
 	return final, nil
-}
-
-func loadModuleIndex(modDir string) (initramfs.Deps, initramfs.Builtin, error) {
-	f, err := os.Open(filepath.Join(modDir, "modules.dep"))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	deps, err := initramfs.ParseModulesDep(f)
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := os.Open(filepath.Join(modDir, "modules.builtin"))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer b.Close()
-	builtin, err := initramfs.ParseModulesBuiltin(b)
-	return deps, builtin, err
 }
 
 // writeAtomic writes path through fn under a temporary name in the same
