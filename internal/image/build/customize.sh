@@ -34,3 +34,10 @@ systemctl mask systemd-firstboot.service \
 # A clean identity: systemd makes a machine-id at each VM's first boot.
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id
+
+# Boot time: the image is complete, so the units that only refresh caches
+# after /usr changed (ldconfig, sysusers, hwdb, the journal catalog) have
+# nothing to do; marking /etc and /var up to date skips them at every boot
+# (ConditionNeedsUpdate). Measured under TCG: systemd-sysusers alone sat on
+# the path to sshd for about 0.5 s.
+touch /etc/.updated /var/.updated
