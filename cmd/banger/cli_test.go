@@ -152,3 +152,21 @@ func TestCLIRejectsBadInputBeforeCallingTheDaemon(t *testing.T) {
 		t.Fatalf("no daemon: %v", err)
 	}
 }
+
+func TestRenderImageManifest(t *testing.T) {
+	raw := map[string]any{
+		"release": "bookworm", "mirror": "http://deb.debian.org/debian", "kernel_version": "6.1.0-56-cloud-amd64",
+		"kernel_package": "linux-image-cloud-amd64", "kernel_package_version": "6.1.192-2", "duration_seconds": 45.2,
+		"packages":  []map[string]string{{"name": "openssh-server", "version": "1:9.2p1-2"}, {"name": "systemd", "version": "252.39-1"}},
+		"artifacts": []map[string]any{{"name": "vmlinux", "size": 53243444, "sha256": "ab12"}, {"name": "rootfs.ext4", "size": 2 << 30, "sha256": "cd34"}},
+	}
+	var b bytes.Buffer
+	if err := renderImage(&b, "table", api.Image{Name: "default", Manifest: raw}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Release:", "bookworm", "6.1.0-56-cloud-amd64", "vmlinux  50.8 MiB  sha256:ab12", "rootfs.ext4  2.0 GiB  sha256:cd34", "Packages:", "2: openssh-server 1:9.2p1-2, systemd 252.39-1", "in 45.2s"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("manifest output lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -174,9 +174,61 @@ func renderImage(w io.Writer, format string, im api.Image) error {
 	}
 	if im.Manifest != nil {
 		fmt.Fprintln(w, "Manifest:")
-		return writeJSON(w, im.Manifest)
+		return renderManifest(w, im.Manifest)
 	}
 	return nil
+}
+
+// manifest is what `image show` prints of a built image's manifest; the
+// whole of it is in `-o json`.
+type manifest struct {
+	Release              string    `json:"release"`
+	Mirror               string    `json:"mirror"`
+	KernelPackage        string    `json:"kernel_package"`
+	KernelPackageVersion string    `json:"kernel_package_version"`
+	KernelVersion        string    `json:"kernel_version"`
+	KernelCmdline        string    `json:"kernel_cmdline"`
+	BuiltAt              time.Time `json:"built_at"`
+	DurationSeconds      float64   `json:"duration_seconds"`
+	Packages             []struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	} `json:"packages"`
+	Artifacts []struct {
+		Name   string `json:"name"`
+		Size   int64  `json:"size"`
+		SHA256 string `json:"sha256"`
+	} `json:"artifacts"`
+}
+
+func renderManifest(w io.Writer, raw any) error {
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return err
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil || m.Release == "" {
+		return writeJSON(w, raw) // not a manifest banger's builder wrote
+	}
+	t := table(w)
+	row := func(k, val string) { fmt.Fprintf(t, "  %s:\t%s\n", k, val) }
+	row("Release", fmt.Sprintf("%s (%s)", m.Release, m.Mirror))
+	row("Kernel", fmt.Sprintf("%s (%s %s)", m.KernelVersion, m.KernelPackage, m.KernelPackageVersion))
+	row("Kernel args", m.KernelCmdline)
+	row("Built", fmt.Sprintf("%s in %.1fs", m.BuiltAt.Local().Format(time.RFC3339), m.DurationSeconds))
+	for i, a := range m.Artifacts {
+		key := ""
+		if i == 0 {
+			key = "Artifacts:"
+		}
+		fmt.Fprintf(t, "  %s\t%s  %s  sha256:%s\n", key, a.Name, bytesIEC(a.Size), a.SHA256)
+	}
+	pkgs := make([]string, len(m.Packages))
+	for i, p := range m.Packages {
+		pkgs[i] = p.Name + " " + p.Version
+	}
+	row("Packages", fmt.Sprintf("%d: %s", len(pkgs), strings.Join(pkgs, ", ")))
+	return t.Flush()
 }
 
 func bytesIEC(n int64) string {
