@@ -102,8 +102,7 @@ type daemon struct {
 	stateDir string
 	runDir   string
 	logFile  string
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	proc     *daemonProc // shared by the copies subtests make (with)
 	flags    []string // extra daemon flags
 }
 
@@ -120,7 +119,7 @@ func startDaemon(t testing.TB, flags ...string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, flags: flags, netns: filepath.Base(dir), bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
+	d := &daemon{t: t, proc: &daemonProc{}, flags: flags, netns: filepath.Base(dir), bin: bangerBinary(t), stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"), logFile: filepath.Join(dir, "daemon.log")}
 	if out, err := exec.Command("ip", "netns", "add", d.netns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v %s", d.netns, err, out)
 	}
@@ -152,20 +151,23 @@ func startDaemon(t testing.TB, flags ...string) *daemon {
 
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = d.command(append([]string{"daemon", "--log-file", d.logFile, "--graceful-timeout", "30s"}, d.flags...)...)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := d.cmd.Start(); err != nil {
+	p := &daemonProc{cmd: d.command(append([]string{"daemon", "--log-file", d.logFile, "--graceful-timeout", "30s"}, d.flags...)...)}
+	*d.proc = *p
+	d.proc.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := d.proc.cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
-	d.exited = make(chan struct{})
-	go func() { d.cmd.Wait(); close(d.exited) }()
+	exited := make(chan struct{})
+	d.proc.exited = exited
+	cmd := d.proc.cmd
+	go func() { cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := d.run("vm", "list"); err == nil {
 			return
 		}
 		select {
-		case <-d.exited:
+		case <-exited:
 			b, _ := os.ReadFile(d.logFile)
 			d.t.Fatalf("daemon exited at start:\n%s", b)
 		default:
@@ -179,18 +181,24 @@ func (d *daemon) start() {
 
 // stop ends the daemon with SIGTERM, as a service manager would.
 func (d *daemon) stop() {
-	if d.cmd == nil || d.cmd.Process == nil {
+	if d.proc.cmd == nil || d.proc.cmd.Process == nil {
 		return
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.proc.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-d.exited:
+	case <-d.proc.exited:
 	case <-time.After(30 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.exited
+		d.proc.cmd.Process.Kill()
+		<-d.proc.exited
 		d.t.Error("daemon did not exit within 30s of SIGTERM")
 	}
-	d.cmd = nil
+	d.proc.cmd = nil
+}
+
+// daemonProc is the running daemon process.
+type daemonProc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 // command is banger with args, in the daemon's namespace and dirs.
