@@ -79,7 +79,10 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 		{Name: StepImageCheck, Do: func(context.Context) error { return checkBootFiles(spec) }},
 	}
 	if spec.Tap != "" {
-		owner := drv.Probe(ctx).RunAsUID
+		owner := 0
+		if um, ok := drv.(vmm.UserMapper); ok {
+			owner, _ = um.RunAs(spec)
+		}
 		steps = append(steps, Step{Name: StepNetworkTap,
 			Do:   func(ctx context.Context) error { return s.cfg.Network.CreateTap(ctx, spec.Tap, owner) },
 			Undo: func(ctx context.Context) error { return s.cfg.Network.DeleteTap(ctx, spec.Tap) }})

@@ -50,16 +50,13 @@ type Features struct {
 
 // Info describes a driver on this host.
 type Info struct {
-	Kind      string `json:"kind"`
-	Available bool   `json:"available"`
-	Reason    string `json:"reason"` // why it is (not) available, and with what acceleration
-	Binary    string `json:"binary,omitempty"`
-	Version   string `json:"version,omitempty"`
-	Accel     string `json:"accel,omitempty"` // "kvm" or "tcg"
-	// RunAsUID is the user the VMM process runs as (a jailed Firecracker's
-	// unprivileged uid; else root): the VM's tap is handed to it.
-	RunAsUID int      `json:"run_as_uid,omitempty"`
-	Features Features `json:"features"`
+	Kind      string   `json:"kind"`
+	Available bool     `json:"available"`
+	Reason    string   `json:"reason"` // why it is (not) available, and with what acceleration
+	Binary    string   `json:"binary,omitempty"`
+	Version   string   `json:"version,omitempty"`
+	Accel     string   `json:"accel,omitempty"` // "kvm" or "tcg"
+	Features  Features `json:"features"`
 }
 
 // Driver runs VMs of one kind. Every method takes the same Spec the daemon
@@ -82,6 +79,13 @@ type Driver interface {
 	// Cleanup removes what the driver created for the VM (sockets, jail).
 	// It is idempotent and runs after the process is gone.
 	Cleanup(ctx context.Context, spec Spec) error
+}
+
+// UserMapper is implemented by drivers whose VMM process runs as a user
+// other than root (a jailed Firecracker): the daemon hands the VM's tap to
+// that user. Drivers without it run their VMM as root.
+type UserMapper interface {
+	RunAs(spec Spec) (uid, gid int)
 }
 
 // Registry is the explicit set of drivers the daemon was built with.

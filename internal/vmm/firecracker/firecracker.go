@@ -228,7 +228,6 @@ func (d *Driver) Probe(ctx context.Context) vmm.Info {
 	switch {
 	case h.jailer != "":
 		jail = fmt.Sprintf("jailed by %s as %d:%d", h.jailer, d.cfg.UID, d.cfg.GID)
-		info.RunAsUID = d.cfg.UID
 	case d.cfg.Jailer == JailerAuto:
 		jail = fmt.Sprintf("not jailed (jailer %q not found)", d.cfg.JailerBinary)
 	}
