@@ -122,3 +122,12 @@ func wrap(class Class, format string, args []any) error {
 	err := fmt.Errorf(format, args...)
 	return &classedError{class: class, msg: err.Error(), cause: errors.Unwrap(err)}
 }
+
+// WithClass gives err the class c while keeping its message and its chain
+// (errors.Is and errors.As still see err's causes).
+func WithClass(c Class, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &classedError{class: c, msg: err.Error(), cause: err}
+}

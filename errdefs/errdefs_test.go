@@ -43,3 +43,11 @@ func TestHelpersKeepMessageAndCause(t *testing.T) {
 		t.Fatalf("round trip changed the error: %v", rebuilt)
 	}
 }
+
+func TestWithClassKeepsTheChain(t *testing.T) {
+	cause := NotFound("kernel %q", "/k")
+	err := WithClass(ClassFailedPrecondition, fmt.Errorf("start: %w", cause))
+	if ClassOf(err) != ClassFailedPrecondition || !errors.Is(err, cause) || err.Error() != `start: kernel "/k"` {
+		t.Fatalf("WithClass lost something: %v (%s)", err, ClassOf(err))
+	}
+}

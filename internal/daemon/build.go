@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
@@ -15,10 +14,6 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/system"
 )
-
-// buildMu allows one image build at a time: a build is heavy (a Debian
-// root, a filesystem image) and two would only slow each other down.
-var buildMu sync.Mutex
 
 // BuildSpec checks a build request and returns the builder's spec; it is
 // cheap and runs before any long work (and before the API starts
@@ -54,10 +49,12 @@ func (s *Service) BuildImage(ctx context.Context, name string, spec build.Spec, 
 	if name == "" {
 		name = DefaultImage
 	}
-	if !buildMu.TryLock() {
+	// One build at a time: a build is heavy and two would only slow each
+	// other down.
+	if !s.buildMu.TryLock() {
 		return nil, errdefs.Conflict("another image build is running (hint: wait for it to finish)")
 	}
-	defer buildMu.Unlock()
+	defer s.buildMu.Unlock()
 	log := s.log.With("op", "image.build", "image", name)
 	log.Info("image build begun", "release", spec.Release, "packages", strings.Join(spec.Packages, ","), "size_bytes", spec.SizeBytes)
 
@@ -78,7 +75,8 @@ func (s *Service) BuildImage(ctx context.Context, name string, spec build.Spec, 
 		return fillFromManifest(im, m)
 	})
 	if err != nil {
-		log.Error("image build failed", "error", err)
+		// The build's journal line (as vm operations have theirs).
+		log.Warn("image build failed", "error", err)
 		if errors.Is(err, context.Canceled) {
 			return nil, fmt.Errorf("image build cancelled: nothing was registered: %w", err)
 		}

@@ -32,17 +32,18 @@ type capability interface {
 	Cleanup(ctx context.Context, v *model.VM) error
 }
 
-func (s *Service) capabilities() []capability {
-	if s.cfg.Network == nil {
+// newCapabilities is the explicit list of capabilities the service has.
+func newCapabilities(cfg Config) []capability {
+	if cfg.Network == nil {
 		return nil
 	}
-	return []capability{publishCapability{net: s.cfg.Network}}
+	return []capability{publishCapability{net: cfg.Network}}
 }
 
 // capabilitySteps are the start steps of v's enabled capabilities.
 func (s *Service) capabilitySteps(v *model.VM) []Step {
 	var steps []Step
-	for _, c := range s.capabilities() {
+	for _, c := range s.caps {
 		if !c.Enabled(v) {
 			continue
 		}
@@ -59,7 +60,7 @@ func (s *Service) capabilitySteps(v *model.VM) []Step {
 // joined and warns naming each capability that failed.
 func (s *Service) cleanupCapabilities(ctx context.Context, v *model.VM, op *operation) error {
 	var errs []error
-	for _, c := range s.capabilities() {
+	for _, c := range s.caps {
 		if err := c.Cleanup(ctx, v); err != nil {
 			op.log.Warn("capability cleanup failed", append(vmAttrs(v), "capability", c.Name(), "error", err)...)
 			errs = append(errs, fmt.Errorf("capability %s: %w", c.Name(), err))

@@ -66,7 +66,7 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		return nil
 	}
 	disk := s.layout.VM(v.ID).RootDisk()
-	if ok, why := guest.CanApplyIdentity(ctx, disk, s.cfg.GuestUser); !ok {
+	if ok, why := guest.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
 		op.Note(stage, "not written ("+why+"): ssh will trust the guest's host key on first use")
 		return nil
 	}
@@ -91,7 +91,7 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		Address: netip.PrefixFrom(ip, s.pool.Prefix().Bits()), Gateway: s.pool.Gateway(), DNS: s.cfg.GuestDNS,
 		User: s.cfg.GuestUser, AuthorizedKey: s.cfg.ClientKey, HostKeys: keys,
 	}
-	if err := guest.ApplyIdentity(ctx, disk, id); err != nil {
+	if err := guest.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id); err != nil {
 		op.Stage(stage, "failed", err.Error())
 		return err
 	}

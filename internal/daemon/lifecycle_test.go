@@ -48,7 +48,7 @@ func TestStartRunsStepsAndIsIdempotent(t *testing.T) {
 		t.Fatalf("vsock not derived: %+v", v.Runtime)
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vm.record-pid:done", "vmm.boot:done", "vm.record-running:done"}
+	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vmm.boot:done", "vm.record-running:done"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v, want %v", stages, want)
 	}
@@ -96,7 +96,7 @@ func TestStartFailureUndoesAndRecordsError(t *testing.T) {
 		t.Fatal("control socket left behind")
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vm.record-pid:done", "vmm.boot:failed", "vmm.launch:undone", "vmm.prepare:undone"}
+	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vmm.boot:failed", "vmm.launch:undone", "vmm.prepare:undone"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v\nwant %v", stages, want)
 	}
@@ -470,17 +470,30 @@ func TestPerVMSerializationAndCrossVMParallelism(t *testing.T) {
 
 func TestLockWaitRespectsContext(t *testing.T) {
 	e := newEnv(t)
-	v := e.create("web")
+	v := e.started("web")
 	unlock, err := e.svc.locks.lock(context.Background(), v.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := e.svc.StartVM(ctx, "web"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v", err)
+	// Every operation, detached ones included, stops waiting for the lock
+	// when its request ends; none of them then runs.
+	for name, call := range map[string]func(ctx context.Context) error{
+		"start":  func(ctx context.Context) error { _, err := e.svc.StartVM(ctx, "web"); return err },
+		"stop":   func(ctx context.Context) error { _, err := e.svc.StopVM(ctx, "web", 0); return err },
+		"kill":   func(ctx context.Context) error { _, err := e.svc.KillVM(ctx, "web", ""); return err },
+		"delete": func(ctx context.Context) error { return e.svc.DeleteVM(ctx, "web") },
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		err := call(ctx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: err = %v, want the wait to end with the request", name, err)
+		}
 	}
 	unlock()
+	if got := e.get("web"); got.State != model.StateRunning || !alive(e.fake.Process(v.ID)) {
+		t.Fatalf("an operation that never got the lock changed the vm: %s", got.State)
+	}
 	if e.svc.locks.size() != 0 {
 		t.Fatal("lock leaked")
 	}

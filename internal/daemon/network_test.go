@@ -18,12 +18,13 @@ import (
 // fakeNet records what the service asks of the host network; the real
 // network.Manager is tested against the kernel in internal/network.
 type fakeNet struct {
-	mu           sync.Mutex
-	taps         map[string]bool
-	published    map[string][]network.Publish
-	failPublish  error
-	failUnpub    error
-	failDeleteTp error
+	mu            sync.Mutex
+	taps          map[string]bool
+	published     map[string][]network.Publish
+	failPublish   error
+	failUnpub     error
+	failDeleteTp  error
+	failCreateTap error
 }
 
 func newFakeNet() *fakeNet {
@@ -35,6 +36,9 @@ func (f *fakeNet) EnsureHost(context.Context) error { return nil }
 func (f *fakeNet) CreateTap(_ context.Context, name string, _ int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failCreateTap != nil {
+		return f.failCreateTap
+	}
 	f.taps[name] = true
 	return nil
 }
@@ -104,6 +108,7 @@ func newNetEnv(t *testing.T) (*env, *fakeNet) {
 	e := newEnv(t)
 	fn := newFakeNet()
 	e.svc.cfg.Network = fn
+	e.svc.caps = newCapabilities(e.svc.cfg)
 	return e, fn
 }
 
@@ -233,4 +238,42 @@ func TestStartupRemovesOrphanTapsAndStalePublishes(t *testing.T) {
 	if _, ok := fn.published["gone-vm-id"]; ok || len(fn.published[live.ID]) != 1 {
 		t.Fatalf("published after startup: %v", fn.published)
 	}
+}
+
+// fakeCap is a capability that records its cleanups and can fail them.
+type fakeCap struct {
+	name     string
+	fail     error
+	cleanups int
+}
+
+func (c *fakeCap) Name() string                             { return c.name }
+func (c *fakeCap) Enabled(*model.VM) bool                   { return true }
+func (c *fakeCap) Prepare(context.Context, *model.VM) error { return nil }
+func (c *fakeCap) Cleanup(context.Context, *model.VM) error { c.cleanups++; return c.fail }
+
+func TestEveryCapabilityIsCleanedUpAndEachFailureNamed(t *testing.T) {
+	e := newEnv(t)
+	first := &fakeCap{name: "first", fail: errors.New("first broke")}
+	second := &fakeCap{name: "second"}
+	third := &fakeCap{name: "third", fail: errors.New("third broke")}
+	e.svc.caps = []capability{first, second, third}
+	e.started("web")
+	_, err := e.svc.StopVM(context.Background(), "web", 0)
+	if err == nil || !strings.Contains(err.Error(), "capability first: first broke") || !strings.Contains(err.Error(), "capability third: third broke") {
+		t.Fatalf("err = %v, want both failures joined", err)
+	}
+	if first.cleanups != 1 || second.cleanups != 1 || third.cleanups != 1 {
+		t.Fatalf("cleanups %d %d %d: a failure must not stop the others", first.cleanups, second.cleanups, third.cleanups)
+	}
+	logs := e.logs.String()
+	for _, name := range []string{`"capability":"first"`, `"capability":"third"`} {
+		if !strings.Contains(logs, name) {
+			t.Errorf("no warning naming %s", name)
+		}
+	}
+	if strings.Contains(logs, `"capability":"second"`) {
+		t.Error("a capability that cleaned up fine was warned about")
+	}
+	e.svc.caps = nil
 }

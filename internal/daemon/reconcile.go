@@ -34,8 +34,17 @@ func (s *Service) reconcileLocked(ctx context.Context, v *model.VM) error {
 		s.log.Warn("discarding a create the daemon did not finish", vmAttrs(v)...)
 		s.discardCreate(ctx, v)
 		return nil
-	case model.StateStopped, model.StateError:
+	case model.StateStopped:
 		return nil
+	case model.StateError:
+		if v.Runtime == (model.Runtime{}) {
+			return nil
+		}
+		// A start whose rollback failed kept its runtime: finish it.
+		op := s.begin(ctx, "vm.reconcile", v)
+		reason := "cleaned up what a failed start left: " + v.LastError
+		op.Note("runtime.leftover", fmt.Sprintf("pid %d alive=%v", v.Runtime.PID, s.alive(v)))
+		return op.finish(s.teardown(ctx, v, op, reason))
 	}
 	alive := s.alive(v)
 	if alive && v.State != model.StateStarting {

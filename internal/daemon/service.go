@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -74,6 +75,9 @@ type Service struct {
 	log    *slog.Logger
 	locks  *vmLocks
 	pool   network.Pool
+	caps   []capability
+	// buildMu allows one image build at a time.
+	buildMu sync.Mutex
 	// signal sends signals to VMM processes; tests replace it.
 	signal func(pid int, startTime uint64, sig syscall.Signal) error
 }
@@ -112,7 +116,7 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, signal: system.Signal}, nil
+	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal}, nil
 }
 
 // Store exposes the store for read-only API queries.
@@ -168,8 +172,11 @@ func (s *Service) withVM(ctx context.Context, ref string, fn func(v *model.VM) e
 	}
 	defer unlock()
 	v, err = s.store.GetVM(ctx, v.ID)
-	if err != nil {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return errdefs.NotFound("vm %q was deleted meanwhile", ref)
+	}
+	if err != nil {
+		return err
 	}
 	return fn(v)
 }

@@ -75,9 +75,16 @@ func TestRunStepsJoinsUndoErrorsAndKeepsGoing(t *testing.T) {
 	}
 	obs := &stageLog{}
 	err := RunSteps(context.Background(), steps, obs)
-	for _, want := range []error{boom, u1, u2} {
-		if !errors.Is(err, want) {
-			t.Errorf("joined error lacks %v: %v", want, err)
+	var se *StepError
+	if !errors.As(err, &se) || se.Step != "d" || !errors.Is(err, boom) || se.RolledBack() {
+		t.Fatalf("err = %#v", err)
+	}
+	if len(se.UndoErrs) != 2 || !errors.Is(se.UndoErrs[0], u2) || !errors.Is(se.UndoErrs[1], u1) {
+		t.Fatalf("undo errors %v", se.UndoErrs)
+	}
+	for _, want := range []string{"boom", "undo two", "undo one"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message %q lacks %q", err, want)
 		}
 	}
 	if !slices.Equal(undone, []string{"c", "a"}) {

@@ -13,7 +13,7 @@ import (
 // DeleteVM ends a VM if it runs, removes its runtime, disk, record and
 // directory, and forgets its host-key pins.
 func (s *Service) DeleteVM(ctx context.Context, ref string) error {
-	_, err := s.runOp(context.WithoutCancel(ctx), ref, "vm.delete", s.deleteLocked)
+	_, err := s.runOp(ctx, ref, "vm.delete", detached, s.deleteLocked)
 	return err
 }
 

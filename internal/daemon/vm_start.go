@@ -23,7 +23,6 @@ const (
 	StepNetworkTap    = "network.tap"
 	StepVMMPrepare    = "vmm.prepare"
 	StepVMMLaunch     = "vmm.launch"
-	StepRecordPID     = "vm.record-pid"
 	StepVMMBoot       = "vmm.boot"
 	StepRecordRunning = "vm.record-running"
 )
@@ -34,7 +33,7 @@ const baseKernelArgs = "root=/dev/vda rw panic=1"
 
 // StartVM starts a VM. A running VM is returned as is.
 func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
-	return s.runOp(ctx, ref, "vm.start", func(ctx context.Context, v *model.VM, op *operation) error {
+	return s.runOp(ctx, ref, "vm.start", !detached, func(ctx context.Context, v *model.VM, op *operation) error {
 		_, err := s.startLocked(ctx, v, op)
 		return err
 	})
@@ -43,9 +42,17 @@ func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
 // startLocked runs the start steps; the caller holds the VM's lock.
 func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
 	if s.alive(v) {
-		op.Note("vm.already-running", fmt.Sprintf("pid %d", v.Runtime.PID))
-		op.log.Info("vm already running", "pid", v.Runtime.PID)
-		return v, nil
+		if v.State == model.StateRunning {
+			op.Note("vm.already-running", fmt.Sprintf("pid %d", v.Runtime.PID))
+			op.log.Info("vm already running", "pid", v.Runtime.PID)
+			return v, nil
+		}
+		// A VMM left by a start whose rollback failed, or a stop cut short:
+		// end it before starting anew, never run two on one disk.
+		op.Note("vmm.leftover", fmt.Sprintf("pid %d from an unfinished operation (state %s): cleaning up first", v.Runtime.PID, v.State))
+		if err := s.teardown(ctx, v, op, ""); err != nil {
+			return v, err
+		}
 	}
 	drv, err := s.driver(v.VMM)
 	if err != nil {
@@ -67,11 +74,20 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	}
 
 	// Record the names before the host is touched, so whatever a crash
-	// leaves behind can be found and removed.
+	// leaves behind can be found and removed; the pid is recorded the
+	// moment the VMM process exists, before the driver waits on it.
 	v.State, v.LastError = model.StateStarting, ""
-	v.Runtime = model.Runtime{ControlSocket: spec.ControlSocket, VsockPath: spec.VsockPath, VsockCID: spec.VsockCID, Tap: spec.Tap}
+	v.Runtime = model.Runtime{ControlSocket: spec.ControlSocket, VsockPath: spec.VsockPath, VsockCID: spec.VsockCID,
+		Tap: spec.Tap, DMName: layout.DMName(v.Short())}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, err
+	}
+	accel := drv.Probe(ctx).Accel
+	spec.OnSpawn = func(p vmm.Process) error {
+		v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.Accel = p.PID, p.StartTime, accel
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		defer cancel()
+		return s.store.UpdateVM(wctx, v)
 	}
 
 	var proc vmm.Process
@@ -98,11 +114,6 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 				return err
 			},
 			Undo: func(ctx context.Context) error { return s.killProcess(ctx, proc) }},
-		{Name: StepRecordPID, Do: func(ctx context.Context) error {
-			v.Runtime.PID, v.Runtime.PIDStartTime = proc.PID, proc.StartTime
-			v.Runtime.Accel = drv.Probe(ctx).Accel
-			return s.store.UpdateVM(ctx, v)
-		}},
 		{Name: StepVMMBoot, Do: func(ctx context.Context) error { return drv.Boot(ctx, spec) }},
 	}...)
 	steps = append(steps, s.capabilitySteps(v)...)
@@ -117,15 +128,22 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	return v, nil
 }
 
-// recordStartFailure records state=error with the message, clears the
-// runtime, on a context that outlives the request. The error returned is
-// the start's, naming the VM's log; a failed write is logged, not returned.
+// recordStartFailure records state=error with the message on a context
+// that outlives the request, and clears the runtime: its handles are dead
+// once the rollback is complete. If an undo failed, the runtime is kept
+// instead, so that the VMM or tap it could not remove is not orphaned: the
+// next start, stop or delete (or the daemon's reconcile) finishes the job.
+// The error returned is the start's, with its class, naming the VM's log; a
+// failed write is logged, not returned.
 func (s *Service) recordStartFailure(ctx context.Context, v *model.VM, op *operation, cause error) error {
-	err := fmt.Errorf("start vm %q: %w (vm log: %s)", v.Name, cause, v.LogPath)
-	if c := errdefs.ClassOf(cause); c != errdefs.ClassInternal {
-		err = errdefs.New(c, err.Error()) // keep the class of the cause
+	err := errdefs.WithClass(errdefs.ClassOf(cause), fmt.Errorf("start vm %q: %w (vm log: %s)", v.Name, cause, v.LogPath))
+	v.State, v.LastError = model.StateError, err.Error()
+	var se *StepError
+	if !errors.As(cause, &se) || se.RolledBack() {
+		v.Runtime = model.Runtime{}
+	} else {
+		op.log.Warn("rollback incomplete: keeping the runtime for a later cleanup", append(vmAttrs(v), "undo_errors", errors.Join(se.UndoErrs...))...)
 	}
-	v.State, v.LastError, v.Runtime = model.StateError, err.Error(), model.Runtime{}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	if werr := s.store.UpdateVM(wctx, v); werr != nil {

@@ -27,16 +27,24 @@ func (s *Service) StopVM(ctx context.Context, ref string, timeout time.Duration)
 	if timeout == 0 {
 		timeout = s.cfg.GracefulTimeout
 	}
-	// A stop, once begun, is finished.
-	return s.runOp(context.WithoutCancel(ctx), ref, "vm.stop", func(ctx context.Context, v *model.VM, op *operation) error {
+	return s.runOp(ctx, ref, "vm.stop", detached, func(ctx context.Context, v *model.VM, op *operation) error {
 		return s.stopLocked(ctx, v, op, timeout)
 	})
 }
 
-// runOp resolves and locks ref, journals kind and runs fn under the lock.
-func (s *Service) runOp(ctx context.Context, ref, kind string, fn func(ctx context.Context, v *model.VM, op *operation) error) (*model.VM, error) {
+// detached operations (stop, kill, delete), once begun, are finished even
+// if the request is cancelled: a half-stopped VM helps no one. Waiting for
+// the VM's lock still ends with the request.
+const detached = true
+
+// runOp resolves and locks ref, journals kind and runs fn under the lock;
+// with detach, fn runs on a context the request's cancellation cannot end.
+func (s *Service) runOp(ctx context.Context, ref, kind string, detach bool, fn func(ctx context.Context, v *model.VM, op *operation) error) (*model.VM, error) {
 	var out *model.VM
 	err := s.withVM(ctx, ref, func(v *model.VM) error {
+		if detach {
+			ctx = context.WithoutCancel(ctx)
+		}
 		op := s.begin(ctx, kind, v)
 		out = v
 		return op.finish(fn(ctx, v, op))
@@ -86,7 +94,7 @@ func (s *Service) KillVM(ctx context.Context, ref, signal string) (*model.VM, er
 	if err != nil {
 		return nil, errdefs.InvalidArgument("%w", err)
 	}
-	return s.runOp(context.WithoutCancel(ctx), ref, "vm.kill", func(ctx context.Context, v *model.VM, op *operation) error {
+	return s.runOp(ctx, ref, "vm.kill", detached, func(ctx context.Context, v *model.VM, op *operation) error {
 		return s.killLocked(ctx, v, op, sig)
 	})
 }
@@ -164,7 +172,7 @@ func (s *Service) RestartVM(ctx context.Context, ref string, timeout time.Durati
 	if timeout == 0 {
 		timeout = s.cfg.GracefulTimeout
 	}
-	return s.runOp(ctx, ref, "vm.restart", func(ctx context.Context, v *model.VM, op *operation) error {
+	return s.runOp(ctx, ref, "vm.restart", !detached, func(ctx context.Context, v *model.VM, op *operation) error {
 		if err := s.stopLocked(context.WithoutCancel(ctx), v, op, timeout); err != nil {
 			return err
 		}

@@ -47,6 +47,23 @@ func Spawn(path string, args []string, logPath string) (Process, error) {
 	return Process{PID: pid, StartTime: st.StartTime}, nil
 }
 
+// SpawnFor spawns the VMM of spec (see Spawn) and reports it through
+// spec.OnSpawn; if that fails, the process is killed and the error returned.
+func SpawnFor(spec Spec, path string, args []string) (Process, error) {
+	p, err := Spawn(path, args, spec.LogPath)
+	if err != nil || spec.OnSpawn == nil {
+		return p, err
+	}
+	if err := spec.OnSpawn(p); err != nil {
+		kerr := system.Signal(p.PID, p.StartTime, syscall.SIGKILL)
+		if kerr == nil && !system.WaitExit(context.Background(), p.PID, p.StartTime, 10*time.Second) {
+			kerr = fmt.Errorf("pid %d survived SIGKILL", p.PID)
+		}
+		return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), kerr)
+	}
+	return p, nil
+}
+
 // WaitSocket waits until a unix socket at path accepts a connection, the
 // process dies, or the timeout passes.
 func WaitSocket(ctx context.Context, path string, p Process, timeout time.Duration) error {

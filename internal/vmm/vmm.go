@@ -33,6 +33,12 @@ type Spec struct {
 	MAC           string
 	LogPath       string // console and VMM output
 	VMDir         string
+
+	// OnSpawn, if set, is called by Launch as soon as the VMM process
+	// exists, before anything waits on it: the daemon records the pid there,
+	// so a daemon crash during a slow launch never leaves an unrecorded
+	// VMM. An error makes Launch end the process and fail.
+	OnSpawn func(Process) error `json:"-"`
 }
 
 // Process identifies a running VMM process across daemon restarts.

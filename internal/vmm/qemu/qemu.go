@@ -151,7 +151,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 			return vmm.Process{}, errdefs.FailedPrecondition("qemu: %w", err)
 		}
 	}
-	proc, err := vmm.Spawn(info.Binary, d.Args(spec, info.Accel, info.Features.Vsock), spec.LogPath)
+	proc, err := vmm.SpawnFor(spec, info.Binary, d.Args(spec, info.Accel, info.Features.Vsock))
 	if err != nil {
 		return vmm.Process{}, err
 	}

@@ -23,13 +23,17 @@ import (
 type Fake struct {
 	mu    sync.Mutex
 	calls []string
-	procs map[string]vmm.Process // by VM id
+	procs map[string][]vmm.Process // by VM id, every launch kept: leak checks see them all
 
 	// Hooks run at the start of each method; a non-nil error fails it.
 	OnLaunch func(ctx context.Context, spec vmm.Spec) error
 	OnBoot   func(ctx context.Context, spec vmm.Spec) error
 	// OnShutdown runs before the "guest" is told to power off.
 	OnShutdown func(ctx context.Context, spec vmm.Spec) error
+	// OnSpawned runs once the VMM process exists, before Launch waits on it.
+	OnSpawned func(spec vmm.Spec)
+	// FailCleanup makes Cleanup fail.
+	FailCleanup error
 	// IgnoreShutdown makes the "guest" ignore Ctrl-Alt-Del.
 	IgnoreShutdown bool
 	// IgnoreTERM makes the VMM process ignore SIGTERM.
@@ -42,7 +46,7 @@ var _ vmm.Driver = (*Fake)(nil)
 
 // New returns a fake driver reporting itself available.
 func New() *Fake {
-	return &Fake{procs: map[string]vmm.Process{}, Info: vmm.Info{Kind: "fake", Available: true, Reason: "test double"}}
+	return &Fake{procs: map[string][]vmm.Process{}, Info: vmm.Info{Kind: "fake", Available: true, Reason: "test double"}}
 }
 
 func (f *Fake) record(call string) {
@@ -69,11 +73,15 @@ func (f *Fake) Count(method string) int {
 	return n
 }
 
-// Process returns the process launched for a VM.
+// Process returns the process last launched for a VM.
 func (f *Fake) Process(id string) vmm.Process {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.procs[id]
+	ps := f.procs[id]
+	if len(ps) == 0 {
+		return vmm.Process{}
+	}
+	return ps[len(ps)-1]
 }
 
 // Processes returns every process launched.
@@ -81,8 +89,8 @@ func (f *Fake) Processes() []vmm.Process {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []vmm.Process
-	for _, p := range f.procs {
-		out = append(out, p)
+	for _, ps := range f.procs {
+		out = append(out, ps...)
 	}
 	return out
 }
@@ -113,7 +121,7 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 		termAction = `echo TERM-ignored >> "$0"`
 	}
 	script := `trap '` + termAction + `' TERM; trap 'echo INT >> "$0"; exit 0' INT; trap 'echo USR1 >> "$0"; exit 0' USR1; trap 'echo USR2 >> "$0"; exit 0' USR2; : > "$1"; while :; do sleep 0.05; done`
-	p, err := vmm.Spawn("/bin/sh", []string{"-c", script, SignalLog(spec), spec.ControlSocket}, spec.LogPath)
+	p, err := vmm.SpawnFor(spec, "/bin/sh", []string{"-c", script, SignalLog(spec), spec.ControlSocket})
 	if err != nil {
 		return vmm.Process{}, err
 	}
@@ -130,8 +138,11 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	f.mu.Lock()
-	f.procs[spec.ID] = p
+	f.procs[spec.ID] = append(f.procs[spec.ID], p)
 	f.mu.Unlock()
+	if f.OnSpawned != nil {
+		f.OnSpawned(spec)
+	}
 	return p, nil
 }
 
@@ -164,6 +175,9 @@ func (f *Fake) Shutdown(ctx context.Context, spec vmm.Spec) error {
 
 func (f *Fake) Cleanup(_ context.Context, spec vmm.Spec) error {
 	f.record("cleanup " + spec.Name)
+	if f.FailCleanup != nil {
+		return f.FailCleanup
+	}
 	if spec.ControlSocket == "" {
 		return nil
 	}
