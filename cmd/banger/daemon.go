@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -20,12 +21,14 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/server"
 	"github.com/banger-vm/banger/internal/store"
 )
 
 type daemonOptions struct {
+	nftTable        string
 	noNetwork       bool
 	mirror          string
 	packageCache    string
@@ -57,6 +60,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.mirror, "debian-mirror", "", "Debian archive for image builds (default http://deb.debian.org/debian)")
 	f.StringVar(&o.packageCache, "package-cache", "", "directory keeping downloaded .debs between image builds (default <state-dir>/cache/apt)")
 	f.BoolVar(&o.noNetwork, "no-network", false, "leave the host's network alone: no bridge, taps or nftables; VMs get no network device")
+	f.StringVar(&o.nftTable, "nft-table", network.DefaultTable, "banger's nftables table (inet family); a second daemon on this host needs its own, with its own --bridge and --guest-cidr")
 	f.StringVar(&o.bridge, "bridge", network.DefaultBridge, "the guests' bridge")
 	f.StringSliceVar(&o.guestDNS, "guest-dns", nil, "DNS servers for guests (default: this host's non-loopback resolvers, else 1.1.1.1)")
 	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
@@ -85,7 +89,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if err := l.Ensure(); err != nil {
 		return fmt.Errorf("prepare %s and %s: %w", l.StateDir, l.RuntimeDir, err)
 	}
-	unlock, err := lockStateDir(l.StateDir)
+	unlock, err := lockStateDir(l)
 	if err != nil {
 		return err
 	}
@@ -105,7 +109,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	var hostNet daemon.HostNetwork
 	if !o.noNetwork {
-		netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Logger: log})
+		netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Table: o.nftTable, Logger: log})
 		if err != nil {
 			return err
 		}
@@ -142,14 +146,26 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	} else {
 		log.Info("default vmm", "kind", kind, "reason", reason)
 	}
-	if err := svc.Startup(ctx); err != nil {
-		return err
-	}
+	// Take the socket before touching the host: a second daemon aimed at
+	// this runtime dir is refused before it changes anything.
 	ln, err := server.Listen(l.ControlSocket(), gid)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: server.Handler(svc, log), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	if err := svc.Startup(ctx); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{
+		Handler:           server.Handler(svc, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Requests run on the daemon's context: SIGTERM cancels them (a
+		// build stops and cleans up, a start rolls back; stop, kill and
+		// delete are detached and finish) before the store closes.
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ConnContext: server.ConnContext,
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("daemon ready", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
@@ -161,7 +177,8 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	// VMs keep running: they are re-adopted by the next daemon.
 	log.Info("daemon stopping; vms keep running")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Long enough for a detached stop (graceful timeout, then the kill wait).
+	sctx, cancel := context.WithTimeout(context.Background(), o.gracefulTimeout+daemon.DefaultKillTimeout+30*time.Second)
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	if rerr := os.Remove(l.ControlSocket()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
@@ -218,8 +235,9 @@ func newLogger(level, file string) (*slog.Logger, func(), error) {
 }
 
 // lockStateDir makes sure one daemon owns a state dir.
-func lockStateDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+func lockStateDir(l layout.Layout) (func(), error) {
+	dir := l.StateDir
+	f, err := os.OpenFile(l.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -7,14 +7,11 @@ import (
 	"github.com/banger-vm/banger/internal/vmm/qemu"
 )
 
-// jailID is the unprivileged uid and gid a jailed Firecracker runs as
-// ("nobody" on Debian).
-const jailID = 65534
-
 // newDrivers is the one place the drivers banger is built with are listed.
+// A jailed Firecracker runs as its own per-VM uid (firecracker.Config.UIDBase).
 func newDrivers(l layout.Layout) vmm.Registry {
 	return vmm.Registry{
-		vmm.KindFirecracker: firecracker.New(firecracker.Config{ChrootBase: l.JailDir(), UID: jailID, GID: jailID}),
+		vmm.KindFirecracker: firecracker.New(firecracker.Config{ChrootBase: l.JailDir()}),
 		vmm.KindQEMU:        qemu.New(),
 	}
 }

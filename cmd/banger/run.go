@@ -45,21 +45,27 @@ func newVMRun(g *globals) *cobra.Command {
 			if err := applyCreateFlags(cmd, &req, memory, ""); err != nil {
 				return err
 			}
-			req.Start = true
+			// Created stopped, so that --rm's delete is in place before
+			// the start: a start that fails or is interrupted (Ctrl-C
+			// cancels ctx) must not leave the VM behind.
+			req.Start = false
 			ctx := cmd.Context()
 			prog := newStageProgress(os.Stderr)
 			event := func(stage, status, detail string) {
 				prog.Event(api.BuildEvent{Stage: stage, Status: status, Detail: detail, At: time.Now()})
 			}
-			event("vm", "start", "creating and starting "+req.Name)
+			event("vm.create", "start", "creating "+req.Name)
 			v, err := g.client().CreateVM(ctx, req)
 			if err != nil {
 				prog.Finish(false)
 				return err
 			}
+			event("vm.create", "done", v.Name)
 			if rm {
 				defer func() {
-					// Delete even when the command failed or ctx was cancelled.
+					// Delete even when the start or the command failed or
+					// ctx was cancelled; the daemon waits for an operation
+					// under way on the VM to end first.
 					dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 					defer cancel()
 					if derr := g.client().DeleteVM(dctx, v.ID); derr != nil {
@@ -70,11 +76,22 @@ func newVMRun(g *globals) *cobra.Command {
 					}
 				}()
 			}
-			event("vm", "done", fmt.Sprintf("%s running, pid %d, %s", v.Name, v.Runtime.PID, v.GuestIP))
-			event("ssh", "start", "waiting for "+v.GuestIP+":22")
-			if err := waitSSH(ctx, g, v.ID, waitTimeout); err != nil {
+			failed := func(err error) error {
 				prog.Finish(false)
+				if rm { // the VM and its log are about to go
+					return err
+				}
 				return fmt.Errorf("%w (hint: banger vm logs %s)", err, v.Name)
+			}
+			event("vm.start", "start", "starting "+v.Name)
+			started, err := g.client().StartVM(ctx, v.ID)
+			if err != nil {
+				return failed(err)
+			}
+			event("vm.start", "done", fmt.Sprintf("%s running, pid %d, %s", started.Name, started.Runtime.PID, started.GuestIP))
+			event("ssh", "start", "waiting for "+started.GuestIP+":22")
+			if err := waitSSH(ctx, g, v.ID, waitTimeout); err != nil {
+				return failed(err)
 			}
 			event("ssh", "done", "ready")
 			prog.Finish(true)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 
 	"github.com/banger-vm/banger/api"
@@ -31,7 +30,7 @@ func (s *Service) BuildSpec(ctx context.Context, req api.BuildImageRequest) (bui
 	spec := build.Spec{Release: req.Release, Packages: req.Packages, SizeBytes: req.SizeBytes,
 		CacheDir: s.cfg.PackageCache, WorkDir: s.layout.TmpDir()}
 	if spec.CacheDir == "" {
-		spec.CacheDir = filepath.Join(s.layout.CacheDir(), "apt")
+		spec.CacheDir = s.layout.PackageCache()
 	}
 	if s.cfg.Mirror != "" {
 		spec.Mirror = s.cfg.Mirror

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/guest"
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -23,6 +24,9 @@ func (s *Service) Startup(ctx context.Context) error {
 	s.removeTemporaries()
 	if err := s.Reconcile(ctx); err != nil {
 		s.log.Warn("reconcile left errors", "error", err)
+	}
+	if err := s.removeOrphans(ctx); err != nil {
+		s.log.Warn("could not look for leftovers of deleted vms", "error", err)
 	}
 	if s.cfg.Network != nil {
 		vms, err := s.store.ListVMs(ctx)
@@ -48,6 +52,52 @@ func (s *Service) Startup(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// removeOrphans removes what a delete that failed half-way left of a VM
+// whose record is gone: its directory and its host-key pins.
+func (s *Service) removeOrphans(ctx context.Context) error {
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, v := range vms {
+		known[v.ID], known[v.Name] = true, true
+		if v.GuestIP != "" {
+			known[v.GuestIP] = true
+		}
+	}
+	entries, err := os.ReadDir(s.layout.VMsDir())
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	for _, e := range entries {
+		if known[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(s.layout.VMsDir(), e.Name())
+		if err := removeAllIn(s.layout.VMsDir(), dir); err != nil {
+			s.log.Warn("could not remove the dir of a deleted vm", "dir", dir, "error", err)
+		} else {
+			s.log.Info("removed the dir of a deleted vm", "dir", dir)
+		}
+	}
+	hosts, err := guest.PinnedHosts(s.layout.KnownHosts())
+	if err != nil {
+		return err
+	}
+	var stale []string
+	for _, h := range hosts {
+		if !known[h] {
+			stale = append(stale, h)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	s.log.Info("removing host-key pins of deleted vms", "hosts", strings.Join(stale, ","))
+	return guest.RemovePins(s.layout.KnownHosts(), stale...)
 }
 
 // removeStalePublishes drops published ports whose VM no longer runs (a

@@ -229,3 +229,24 @@ func TestReconcile(t *testing.T) {
 		system.Signal(p.PID, p.StartTime, 9)
 	}
 }
+
+// TestStartupRemovesWhatAHalfDeleteLeft: a vm dir and host-key pins whose
+// vm record is gone are removed when the daemon starts; a live vm's stay.
+func TestStartupRemovesWhatAHalfDeleteLeft(t *testing.T) {
+	e := newEnv(t)
+	live := e.create("live")
+	orphan := e.layout.VM("0123456789abcdef0123456789abcdef").Path()
+	os.MkdirAll(orphan, 0o700)
+	kh := e.layout.KnownHosts()
+	pins := live.GuestIP + ",live ssh-ed25519 AAAAlive\n172.30.0.99,gone ssh-ed25519 AAAAgone\n"
+	os.WriteFile(kh, []byte(pins), 0o600)
+	if err := e.svc.Startup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if exists(orphan) || !exists(live.VMDir) {
+		t.Fatalf("orphan dir kept %v, live dir kept %v", exists(orphan), exists(live.VMDir))
+	}
+	if b, _ := os.ReadFile(kh); string(b) != live.GuestIP+",live ssh-ed25519 AAAAlive\n" {
+		t.Fatalf("known_hosts after startup:\n%s", b)
+	}
+}

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,33 +25,77 @@ func find(r Report, name string) Check {
 	return Check{}
 }
 
-// TestThisHost runs the doctor against the real host. On the build machines
-// (no usable KVM, no Firecracker, QEMU installed) it must say exactly that;
-// on a KVM host the same assertions follow what the host really has.
+// TestThisHost runs the doctor with banger's real drivers against the real
+// host, and checks its report against what the host has: on the build
+// machines (no usable KVM, no Firecracker, QEMU installed) it must say
+// exactly that and pick QEMU under TCG; on a KVM host the same assertions
+// follow what the host really has.
 func TestThisHost(t *testing.T) {
 	testutil.RequireTools(t, "qemu-system-x86_64")
+	ctx := context.Background()
 	dir := t.TempDir()
-	r := Run(context.Background(), Options{
-		Layout:  layout.Layout{StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run")},
-		Drivers: vmm.Registry{vmm.KindQEMU: qemu.New()},
-		Bridge:  "bgr-doctor-none",
+	q := qemu.New()
+	r := Run(ctx, Options{
+		Layout: layout.Layout{StateDir: filepath.Join(dir, "state"), RuntimeDir: filepath.Join(dir, "run")},
+		Drivers: vmm.Registry{
+			vmm.KindFirecracker: firecracker.New(firecracker.Config{ChrootBase: filepath.Join(dir, "jail")}),
+			vmm.KindQEMU:        q,
+		},
+		Bridge: "bgr-doctor-none",
 	})
 	kvmOK, why := system.KVMUsable("/dev/kvm")
-	if kvm := find(r, "kvm"); (kvm.Status == OK) != kvmOK || kvm.Detail != why {
-		t.Fatalf("kvm check %+v disagrees with the host (usable=%v: %s)", kvm, kvmOK, why)
+	_, noFirecracker := exec.LookPath("firecracker")
+	t.Logf("this host: kvm usable %v (%s); firecracker on PATH: %v", kvmOK, why, noFirecracker == nil)
+
+	kvm := find(r, "kvm")
+	wantKVM := OK
+	if !kvmOK {
+		wantKVM = Warn
 	}
-	q := find(r, "vmm qemu")
-	if !r.CanRunVMs || r.AutoVMM != vmm.KindQEMU || !strings.Contains(q.Detail, "qemu-system-x86_64") {
-		t.Fatalf("qemu should run VMs here: %+v %+v", r, q)
+	if kvm.Status != wantKVM || kvm.Detail != why {
+		t.Errorf("kvm check %+v, want %s with %q", kvm, wantKVM, why)
 	}
-	if !kvmOK && (q.Status != Warn || !strings.Contains(r.AutoReason, "TCG")) {
-		t.Fatalf("without KVM the doctor must say QEMU runs under TCG: %+v / %s", q, r.AutoReason)
+
+	qc, qi := find(r, "vmm qemu"), q.Probe(ctx)
+	if !qi.Available || !strings.Contains(qc.Detail, "qemu-system-x86_64") {
+		t.Fatalf("qemu should run VMs here: %+v %+v", qi, qc)
+	}
+	switch {
+	case kvmOK && (qi.Accel != "kvm" || qc.Status != OK):
+		t.Errorf("with KVM, QEMU must use it: accel %q, check %+v", qi.Accel, qc)
+	case !kvmOK && (qi.Accel != "tcg" || qc.Status != Warn || !strings.Contains(qc.Detail, "TCG")):
+		t.Errorf("without KVM, QEMU must run under TCG and the check warn: accel %q, check %+v", qi.Accel, qc)
+	}
+
+	fc := find(r, "vmm firecracker")
+	switch {
+	case noFirecracker != nil:
+		if fc.Status != Warn || !strings.Contains(fc.Detail, "not found") || !strings.Contains(fc.Detail+fc.Hint, "install") {
+			t.Errorf("firecracker is not on PATH, the check must say so, with how to install it: %+v", fc)
+		}
+	case !kvmOK:
+		if fc.Status != Warn || !strings.Contains(fc.Detail, "needs KVM") {
+			t.Errorf("firecracker cannot run without KVM, the check must say so: %+v", fc)
+		}
+	}
+	if fc.Status == OK {
+		if r.AutoVMM != vmm.KindFirecracker {
+			t.Errorf("firecracker can run, yet auto picks %q (%s)", r.AutoVMM, r.AutoReason)
+		}
+	} else if r.AutoVMM != vmm.KindQEMU || !strings.Contains(r.AutoReason, "firecracker unavailable") {
+		t.Errorf("firecracker cannot run: auto must pick qemu and say why, got %q (%s)", r.AutoVMM, r.AutoReason)
+	}
+	if r.AutoVMM == vmm.KindQEMU && !kvmOK && !strings.Contains(r.AutoReason, "TCG") {
+		t.Errorf("without KVM the doctor must say QEMU runs under TCG: %s", r.AutoReason)
+	}
+	if auto := find(r, "auto vmm"); !r.CanRunVMs || auto.Status != OK {
+		t.Errorf("a VMM runs here, yet: can run %v, %+v", r.CanRunVMs, auto)
 	}
 	if c := find(r, "control socket"); c.Status != Warn || !strings.Contains(c.Detail, "not running") {
-		t.Fatalf("no daemon: %+v", c)
+		t.Errorf("no daemon: %+v", c)
 	}
 	if c := find(r, "bridge bgr-doctor-none"); c.Status != Warn {
-		t.Fatalf("absent bridge: %+v", c)
+		t.Errorf("absent bridge: %+v", c)
 	}
 }
 
@@ -105,7 +150,7 @@ func TestFirecrackerBranch(t *testing.T) {
 	dir := t.TempDir()
 	drivers := func() vmm.Registry {
 		return vmm.Registry{
-			vmm.KindFirecracker: firecracker.New(firecracker.Config{ChrootBase: filepath.Join(dir, "jail"), UID: 65534, GID: 65534}),
+			vmm.KindFirecracker: firecracker.New(firecracker.Config{ChrootBase: filepath.Join(dir, "jail")}),
 			vmm.KindQEMU:        qemu.New(),
 		}
 	}

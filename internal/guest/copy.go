@@ -18,9 +18,24 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 )
 
-// permBits are the mode bits a copy keeps: permissions, setuid, setgid,
-// sticky.
+// permBits are the mode bits a copy to the guest keeps: permissions,
+// setuid, setgid, sticky.
 const permBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+
+// hostMode is the mode a file or directory copied from a guest gets on the
+// host: its permissions, without setuid and setgid. The copy is owned by
+// whoever runs banger, often root, so a guest must not be able to plant a
+// setuid-root program (or a setgid one, or a setgid directory) on the
+// host. The sticky bit is kept on directories only: there it restricts who
+// may delete or rename entries and grants nothing; on a file it means
+// nothing on Linux, so it is dropped.
+func hostMode(m fs.FileMode) fs.FileMode {
+	keep := fs.ModePerm
+	if m.IsDir() {
+		keep |= fs.ModeSticky
+	}
+	return m & keep
+}
 
 // openSFTP starts the guest's sftp subsystem (openssh-server's
 // sftp-server). The returned close ends the client and its session; ctx's
@@ -183,9 +198,10 @@ func (t *toGuest) finishDirs() error {
 }
 
 // CopyFrom copies the guest's file or directory remotePath (recursively;
-// modes, modification times and symlinks kept; a symlink given as
-// remotePath is followed) to localPath. As with cp, if localPath is an
-// existing directory the copy goes inside it. Inside the copied tree
+// permissions, modification times and symlinks kept, setuid and setgid
+// dropped, see hostMode; a symlink given as remotePath is followed) to
+// localPath. As with cp, if localPath is an existing directory the copy
+// goes inside it. Inside the copied tree
 // nothing is written through a symlink, and names the guest lists are
 // checked, so a guest cannot make the copy land outside localPath.
 func CopyFrom(ctx context.Context, c *ssh.Client, remotePath, localPath string) error {
@@ -303,11 +319,18 @@ func (f *fromGuest) file(src, dst string, fi fs.FileInfo, top bool) error {
 	if err != nil {
 		return err
 	}
+	// A file being overwritten keeps its mode until the Chmod below: clear
+	// it first, so that the guest's content is never setuid, not even for
+	// a moment.
+	if err := out.Chmod(0o600); err != nil {
+		out.Close()
+		return err
+	}
 	if _, err := in.WriteTo(out); err != nil {
 		out.Close()
 		return fmt.Errorf("read guest:%s: %w", src, err)
 	}
-	if err := out.Chmod(fi.Mode() & permBits); err != nil {
+	if err := out.Chmod(hostMode(fi.Mode())); err != nil {
 		out.Close()
 		return err
 	}
@@ -319,7 +342,7 @@ func (f *fromGuest) file(src, dst string, fi fs.FileInfo, top bool) error {
 
 func (f *fromGuest) finishDirs() error {
 	for _, d := range slices.Backward(f.dirs) {
-		if err := os.Chmod(d.path, d.fi.Mode()&permBits); err != nil {
+		if err := os.Chmod(d.path, hostMode(d.fi.Mode())); err != nil {
 			return err
 		}
 		if err := os.Chtimes(d.path, d.fi.ModTime(), d.fi.ModTime()); err != nil {

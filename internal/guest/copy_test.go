@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -176,6 +177,104 @@ func TestCopyRoundTrip(t *testing.T) {
 	err := CopyFrom(ctx, c, filepath.Join(guestDir, "absent"), filepath.Join(t.TempDir(), "x"))
 	if err == nil {
 		t.Fatal("copy of a missing guest file succeeded")
+	}
+	c.Close()
+}
+
+// TestCopyFromDropsSetuid: what comes from a guest loses setuid and setgid,
+// since the copy belongs to whoever runs banger (often root) and a guest
+// must not plant a setuid-root program on the host; a directory keeps its
+// sticky bit. A copy to the guest keeps every mode bit.
+func TestCopyFromDropsSetuid(t *testing.T) {
+	checkLeaks(t)
+	f := newFixture(t)
+	f.pin(t, f.host.PublicKey())
+	c := mustDial(t, f, false)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	entries := []struct {
+		path   string
+		dir    bool
+		mode   fs.FileMode // here, and on the guest after CopyTo
+		onHost fs.FileMode // after CopyFrom
+	}{
+		{".", true, fs.ModeDir | fs.ModeSetgid | 0o755, fs.ModeDir | 0o755},
+		{"suid", false, fs.ModeSetuid | 0o755, 0o755},
+		{"sgid", false, fs.ModeSetgid | 0o755, 0o755},
+		{"both", false, fs.ModeSetuid | fs.ModeSetgid | 0o750, 0o750},
+		{"sticky-file", false, fs.ModeSticky | 0o644, 0o644},
+		{"shared", true, fs.ModeDir | fs.ModeSetgid | fs.ModeSticky | 0o777, fs.ModeDir | fs.ModeSticky | 0o777},
+		{"shared/suid", false, fs.ModeSetuid | 0o700, 0o700},
+	}
+	src := filepath.Join(t.TempDir(), "tree")
+	for _, e := range entries {
+		p := filepath.Join(src, e.path)
+		var err error
+		if e.dir {
+			err = os.Mkdir(p, 0o700)
+		} else {
+			err = os.WriteFile(p, []byte("#!/bin/sh\nid\n"), 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, e := range slices.Backward(entries) {
+		if err := os.Chmod(filepath.Join(src, e.path), e.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkModes := func(t *testing.T, root string, want func(mode, onHost fs.FileMode) fs.FileMode) {
+		t.Helper()
+		for _, e := range entries {
+			fi, err := os.Lstat(filepath.Join(root, e.path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := want(e.mode, e.onHost); fi.Mode() != w {
+				t.Errorf("%s: mode %v, want %v", e.path, fi.Mode(), w)
+			}
+		}
+	}
+	here := func(mode, _ fs.FileMode) fs.FileMode { return mode }
+	host := func(_, onHost fs.FileMode) fs.FileMode { return onHost }
+	checkModes(t, src, here) // the host file system honours every bit asked
+
+	// The test "guest" is this host: remote paths are host paths.
+	remote := filepath.Join(t.TempDir(), "copied")
+	if err := CopyTo(ctx, c, src, remote); err != nil {
+		t.Fatal(err)
+	}
+	checkModes(t, remote, here)
+
+	back := filepath.Join(t.TempDir(), "back")
+	if err := CopyFrom(ctx, c, remote, back); err != nil {
+		t.Fatal(err)
+	}
+	checkModes(t, back, host)
+
+	// A single setuid file, to a new path and over an existing setuid file.
+	dir := t.TempDir()
+	over := filepath.Join(dir, "over")
+	if err := os.WriteFile(over, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(over, fs.ModeSetuid|0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{filepath.Join(dir, "new"), over} {
+		if err := CopyFrom(ctx, c, filepath.Join(remote, "suid"), dst); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != 0o755 {
+			t.Errorf("%s: mode %v, want %v", filepath.Base(dst), fi.Mode(), fs.FileMode(0o755))
+		}
 	}
 	c.Close()
 }

@@ -109,7 +109,13 @@ func (id Identity) validate() error {
 // (0600, owned by the user as /etc/passwd in the image says) and the host
 // keys in /etc/ssh, removing every other ssh_host_* file. Existing files
 // are replaced, missing directories made. The result is read back.
-func ApplyIdentity(ctx context.Context, diskPath string, id Identity) error {
+//
+// The files debugfs reads and writes, the VM's private host keys among
+// them, go in a private directory made under workDir (an existing
+// directory; empty means os.TempDir(), for tests) and removed on return.
+// Give it the VM's own directory, so that a crash leaves them there, not
+// in /tmp.
+func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) error {
 	if err := id.validate(); err != nil {
 		return err
 	}
@@ -119,7 +125,7 @@ func ApplyIdentity(ctx context.Context, diskPath string, id Identity) error {
 	if _, err := exec.LookPath("debugfs"); err != nil {
 		return errdefs.FailedPrecondition("write guest identity: debugfs is not installed (hint: apt-get install e2fsprogs)")
 	}
-	work, err := os.MkdirTemp("", "banger-identity-")
+	work, err := os.MkdirTemp(workDir, "banger-identity-")
 	if err != nil {
 		return err
 	}
@@ -188,8 +194,9 @@ func ApplyIdentity(ctx context.Context, diskPath string, id Identity) error {
 // at diskPath for user: an ext2/3/4 file system with an /etc/passwd naming
 // the user and a home directory banger can write. When it cannot (an
 // imported image of another kind), the reason says why and banger falls
-// back to trusting the guest's host key on first use.
-func CanApplyIdentity(ctx context.Context, diskPath, user string) (bool, string) {
+// back to trusting the guest's host key on first use. Its temporary files
+// go under workDir, as ApplyIdentity's.
+func CanApplyIdentity(ctx context.Context, diskPath, workDir, user string) (bool, string) {
 	if !userRE.MatchString(user) {
 		return false, fmt.Sprintf("user %q is not a valid account name", user)
 	}
@@ -199,7 +206,7 @@ func CanApplyIdentity(ctx context.Context, diskPath, user string) (bool, string)
 	if _, err := exec.LookPath("debugfs"); err != nil {
 		return false, "debugfs (e2fsprogs) is not installed"
 	}
-	work, err := os.MkdirTemp("", "banger-identity-")
+	work, err := os.MkdirTemp(workDir, "banger-identity-")
 	if err != nil {
 		return false, err.Error()
 	}

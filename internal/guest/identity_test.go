@@ -214,13 +214,24 @@ func TestApplyIdentity(t *testing.T) {
 	requireE2fsprogs(t)
 	img := mkImage(t, fixtureTree(t, true, true))
 	id := testIdentity(t, "web")
-	if ok, reason := CanApplyIdentity(ctxT(t), img, DefaultUser); !ok {
+	work := t.TempDir()
+	if ok, reason := CanApplyIdentity(ctxT(t), img, work, DefaultUser); !ok {
 		t.Fatalf("CanApplyIdentity: %s", reason)
 	}
-	if err := ApplyIdentity(ctxT(t), img, id); err != nil {
+	requireEmptyDir(t, work)
+	if err := ApplyIdentity(ctxT(t), img, work, id); err != nil {
 		t.Fatal(err)
 	}
+	requireEmptyDir(t, work)
 	checkApplied(t, img, id, "/home/banger")
+	// A missing work directory is an error, not a fall-back to /tmp.
+	missing := filepath.Join(work, "missing")
+	if err := ApplyIdentity(ctxT(t), img, missing, id); err == nil {
+		t.Error("ApplyIdentity succeeded with a missing work directory")
+	}
+	if ok, _ := CanApplyIdentity(ctxT(t), img, missing, DefaultUser); ok {
+		t.Error("CanApplyIdentity succeeded with a missing work directory")
+	}
 	if got := catImage(t, img, "/home/banger/.profile"); got != "# profile\n" {
 		t.Errorf("an unrelated file changed: %q", got)
 	}
@@ -230,7 +241,7 @@ func TestApplyIdentity(t *testing.T) {
 
 	// Applying again (another VM made from a copy) replaces everything.
 	id2 := testIdentity(t, "db-2")
-	if err := ApplyIdentity(ctxT(t), img, id2); err != nil {
+	if err := ApplyIdentity(ctxT(t), img, "", id2); err != nil {
 		t.Fatal(err)
 	}
 	checkApplied(t, img, id2, "/home/banger")
@@ -242,7 +253,7 @@ func TestApplyIdentityMakesMissingDirs(t *testing.T) {
 	id := testIdentity(t, "web")
 	id.MAC = nil
 	id.Gateway = netip.Addr{}
-	if err := ApplyIdentity(ctxT(t), img, id); err != nil {
+	if err := ApplyIdentity(ctxT(t), img, "", id); err != nil {
 		t.Fatal(err)
 	}
 	for p, w := range map[string]string{
@@ -264,6 +275,19 @@ func TestApplyIdentityMakesMissingDirs(t *testing.T) {
 		t.Errorf("authorized_keys %q", got)
 	}
 	requireClean(t, img)
+}
+
+// requireEmptyDir fails unless dir is empty: ApplyIdentity's work files
+// (the VM's private host keys among them) must not outlive the call.
+func requireEmptyDir(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("left in the work directory: %s", e.Name())
+	}
 }
 
 func fileSum(t *testing.T, p string) [32]byte {
@@ -309,10 +333,12 @@ func TestApplyIdentityRefusesUnsafeImages(t *testing.T) {
 			mutate(t, root)
 			img := mkImage(t, root)
 			before := fileSum(t, img)
-			err := ApplyIdentity(ctxT(t), img, testIdentity(t, "web"))
+			work := t.TempDir()
+			err := ApplyIdentity(ctxT(t), img, work, testIdentity(t, "web"))
 			if !errors.Is(err, errdefs.ErrFailedPrecondition) {
 				t.Fatalf("want a failed precondition, got %v", err)
 			}
+			requireEmptyDir(t, work)
 			if !strings.Contains(err.Error(), img) {
 				t.Errorf("error does not name the disk: %v", err)
 			}
@@ -340,7 +366,7 @@ func TestApplyIdentityRefusesUnsafeImages(t *testing.T) {
 	} {
 		id := testIdentity(t, "web")
 		mutate(&id)
-		if err := ApplyIdentity(ctxT(t), img, id); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if err := ApplyIdentity(ctxT(t), img, "", id); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: want an invalid argument, got %v", name, err)
 		}
 	}
@@ -353,22 +379,22 @@ func TestCanApplyIdentity(t *testing.T) {
 	requireE2fsprogs(t)
 	ctx := ctxT(t)
 	img := mkImage(t, fixtureTree(t, false, true))
-	if ok, reason := CanApplyIdentity(ctx, img, "banger"); !ok {
+	if ok, reason := CanApplyIdentity(ctx, img, "", "banger"); !ok {
 		t.Fatalf("template image: %s", reason)
 	}
-	if ok, reason := CanApplyIdentity(ctx, img, "alice"); ok || !strings.Contains(reason, `"alice"`) {
+	if ok, reason := CanApplyIdentity(ctx, img, "", "alice"); ok || !strings.Contains(reason, `"alice"`) {
 		t.Fatalf("image without the user: %v %q", ok, reason)
 	}
 
 	empty := t.TempDir()
 	os.Mkdir(filepath.Join(empty, "etc"), 0o755)
-	if ok, reason := CanApplyIdentity(ctx, mkImage(t, empty), "banger"); ok || !strings.Contains(reason, "/etc/passwd") {
+	if ok, reason := CanApplyIdentity(ctx, mkImage(t, empty), "", "banger"); ok || !strings.Contains(reason, "/etc/passwd") {
 		t.Fatalf("image without /etc/passwd: %v %q", ok, reason)
 	}
 
 	notExt := filepath.Join(t.TempDir(), "disk.raw")
 	os.WriteFile(notExt, make([]byte, 1<<20), 0o644)
-	if ok, reason := CanApplyIdentity(ctx, notExt, "banger"); ok || !strings.Contains(reason, "not an ext4") {
+	if ok, reason := CanApplyIdentity(ctx, notExt, "", "banger"); ok || !strings.Contains(reason, "not an ext4") {
 		t.Fatalf("non-ext4 disk: %v %q", ok, reason)
 	}
 }

@@ -3,6 +3,7 @@ package guest
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -30,5 +31,17 @@ func TestRemovePins(t *testing.T) {
 	}
 	if err := RemovePins(filepath.Join(t.TempDir(), "absent"), "x"); err != nil {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestPinnedHosts(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(p, []byte("# c\n172.30.0.2,web ssh-ed25519 AAAA\n[172.30.0.3]:2222 ssh-ed25519 BBBB\n"), 0o600)
+	got, err := PinnedHosts(p)
+	if err != nil || strings.Join(got, " ") != "172.30.0.2 web [172.30.0.3]:2222" {
+		t.Fatalf("PinnedHosts = %v, %v", got, err)
+	}
+	if got, err := PinnedHosts(filepath.Join(t.TempDir(), "none")); err != nil || got != nil {
+		t.Fatalf("missing file: %v %v", got, err)
 	}
 }

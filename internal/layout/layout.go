@@ -75,7 +75,8 @@ func (l Layout) CacheDir() string      { return filepath.Join(l.StateDir, "cache
 func (l Layout) TmpDir() string        { return filepath.Join(l.StateDir, "tmp") }
 func (l Layout) JailDir() string       { return filepath.Join(l.StateDir, "jail") }
 func (l Layout) ControlSocket() string { return filepath.Join(l.RuntimeDir, "banger.sock") }
-func (l Layout) PIDFile() string       { return filepath.Join(l.RuntimeDir, "bangerd.pid") }
+func (l Layout) LockFile() string      { return filepath.Join(l.StateDir, "daemon.lock") }
+func (l Layout) PackageCache() string  { return filepath.Join(l.CacheDir(), "apt") }
 
 // VMMSocket is the VMM's control socket: Firecracker's API socket, QEMU's QMP socket.
 func (l Layout) VMMSocket(short string) string {

@@ -27,6 +27,9 @@ const (
 )
 
 // Config says where and how the Manager sets up banger's host network.
+// Two daemons may share a network namespace if their bridges, tables and
+// guest networks differ: each Manager acts only on its own bridge, the
+// taps on it (see Manager.ours) and its own table.
 type Config struct {
 	// Bridge is the guests' bridge; the pool's gateway address lives on it.
 	// Default DefaultBridge.
@@ -349,9 +352,10 @@ func (m *Manager) ensureTable() error {
 	return nil
 }
 
-// Teardown removes banger's host network: every banger tap, then banger's
-// table, then the bridge. It leaves ip_forward alone (something else may
-// rely on it). Missing pieces are not an error.
+// Teardown removes this Manager's host network: its taps (see ours), then
+// its table, then its bridge. Another daemon's taps, table and bridge in
+// the same namespace stay, and so does ip_forward (something else may rely
+// on it). Missing pieces are not an error.
 func (m *Manager) Teardown(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -359,7 +363,7 @@ func (m *Manager) Teardown(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs []error
-	taps, err := m.bangerTaps()
+	taps, err := m.ourTaps()
 	if err != nil {
 		return err
 	}

@@ -272,3 +272,160 @@ func TestEnsureHostRefusesOverlap(t *testing.T) {
 		t.Errorf("the bridge was created anyway: %v", err)
 	}
 }
+
+// Two daemons in one network namespace, each with its own bridge, table
+// and guest network: neither one's orphan removal, EnsureHost, DeleteTap,
+// Unpublish or Teardown touches what is the other's.
+func TestTwoManagersInOneNamespace(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	a := e.m
+	pool, err := NewPool("10.202.0.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Bridge: "banger1", Table: "banger-b", Pool: pool, NetNS: e.host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Teardown(ctx); err != nil {
+			t.Errorf("teardown the second manager: %v", err)
+		}
+		if err := b.Close(); err != nil {
+			t.Errorf("close the second manager: %v", err)
+		}
+	})
+	for _, m := range []*Manager{a, b} {
+		if err := m.EnsureHost(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both publish a port for a VM of the same id: each table holds its own.
+	webA := Publish{HostPort: 8080, GuestPort: 80, Proto: ProtoTCP}
+	webB := Publish{HostPort: 8081, GuestPort: 80, Proto: ProtoTCP}
+	gA, gB := netip.MustParseAddr("10.201.0.2"), netip.MustParseAddr("10.202.0.2")
+	if err := a.Publish(ctx, "vm1", gA, webA); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, "vm1", gB, webB); err != nil {
+		t.Fatal(err)
+	}
+	checkPublished(t, a, []Published{{Publish: webA, Owner: "vm1", GuestIP: gA}})
+	checkPublished(t, b, []Published{{Publish: webB, Owner: "vm1", GuestIP: gB}})
+
+	// Taps: each has one tap a VM owns, one orphan, and b one more orphan
+	// on no bridge (labelled with b's bridge).
+	for _, n := range []string{"tap-fc-a0000001", "tap-fc-a0000002"} {
+		if err := a.CreateTap(ctx, n, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"tap-fc-b0000001", "tap-fc-b0000002"} {
+		if err := b.CreateTap(ctx, n, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.createTap("tap-fc-b0000003", 0); err != nil {
+		t.Fatal(err)
+	}
+	ownedA := func(n string) bool { return n == "tap-fc-a0000001" }
+	ownedB := func(n string) bool { return n == "tap-fc-b0000001" }
+	if got, err := a.OrphanTaps(ctx, ownedA); err != nil || !slices.Equal(got, []string{"tap-fc-a0000002"}) {
+		t.Errorf("a.OrphanTaps = %v, %v; want only a's orphan", got, err)
+	}
+	if got, err := b.OrphanTaps(ctx, ownedB); err != nil || !slices.Equal(got, []string{"tap-fc-b0000002", "tap-fc-b0000003"}) {
+		t.Errorf("b.OrphanTaps = %v, %v; want only b's orphans", got, err)
+	}
+	if got, err := a.RemoveOrphanTaps(ctx, ownedA); err != nil || !slices.Equal(got, []string{"tap-fc-a0000002"}) {
+		t.Errorf("a.RemoveOrphanTaps = %v, %v", got, err)
+	}
+	for _, n := range []string{"tap-fc-b0000001", "tap-fc-b0000002", "tap-fc-b0000003"} {
+		if _, err := e.nl.LinkByName(n); err != nil {
+			t.Errorf("a's orphan removal removed b's %s: %v", n, err)
+		}
+	}
+	if got, err := b.RemoveOrphanTaps(ctx, ownedB); err != nil || !slices.Equal(got, []string{"tap-fc-b0000002", "tap-fc-b0000003"}) {
+		t.Errorf("b.RemoveOrphanTaps = %v, %v", got, err)
+	}
+	if _, err := e.nl.LinkByName("tap-fc-a0000001"); err != nil {
+		t.Errorf("b's orphan removal removed a's tap: %v", err)
+	}
+
+	// One's tap, by name, is refused to the other.
+	if err := a.DeleteTap(ctx, "tap-fc-b0000001"); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), `"banger1"`) {
+		t.Errorf("a.DeleteTap of b's tap = %v, want failed precondition naming b's bridge", err)
+	}
+	if err := a.CreateTap(ctx, "tap-fc-b0000001", 0); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("a.CreateTap over b's tap = %v, want already exists", err)
+	}
+	if l := linkOf(t, e, "tap-fc-b0000001"); l.Attrs().Alias != tapAliasPrefix+"banger1" {
+		t.Errorf("b's tap was relabelled: %q", l.Attrs().Alias)
+	}
+
+	// a's EnsureHost has work to do (a stray chain in its table) and does
+	// it in its table only: b's, stray chain included, stays as it is.
+	c, err := a.nft()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*Manager{a, b} {
+		c.AddChain(&nftables.Chain{Name: "stray", Table: m.table})
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	rulesB := ruleset(t, b)
+	if !strings.Contains(rulesB, "chain stray") {
+		t.Fatalf("no stray chain in b's table:\n%s", rulesB)
+	}
+	if err := a.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(ruleset(t, a), "chain stray") {
+		t.Error("a's EnsureHost left the stray chain in a's table")
+	}
+	if got := ruleset(t, b); got != rulesB {
+		t.Errorf("a's EnsureHost changed b's table:\n%s\nwas:\n%s", got, rulesB)
+	}
+
+	// a's Unpublish of its vm1 leaves b's vm1 alone.
+	if err := a.Unpublish(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	checkPublished(t, a, nil)
+	checkPublished(t, b, []Published{{Publish: webB, Owner: "vm1", GuestIP: gB}})
+	rulesB = ruleset(t, b)
+
+	// a's Teardown removes a's bridge, table and taps, and nothing of b's.
+	if err := a.Teardown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tables := tableNames(t, a)
+	if tables[a.Table()] || !tables[b.Table()] {
+		t.Errorf("tables after a's Teardown: %v; want b's only", tables)
+	}
+	for _, n := range []string{a.Bridge(), "tap-fc-a0000001"} {
+		if _, err := e.nl.LinkByName(n); !isNotFound(err) {
+			t.Errorf("a's %s after a's Teardown: %v", n, err)
+		}
+	}
+	brB := linkOf(t, e, b.Bridge())
+	if brB.Attrs().Flags&net.FlagUp == 0 {
+		t.Error("b's bridge is down after a's Teardown")
+	}
+	if l := linkOf(t, e, "tap-fc-b0000001"); l.Attrs().MasterIndex != brB.Attrs().Index {
+		t.Errorf("b's tap left b's bridge: master %d", l.Attrs().MasterIndex)
+	}
+	if got := ruleset(t, b); got != rulesB {
+		t.Errorf("a's Teardown changed b's table:\n%s\nwas:\n%s", got, rulesB)
+	}
+	checkPublished(t, b, []Published{{Publish: webB, Owner: "vm1", GuestIP: gB}})
+	if got := readSysctl(t, e.host, "ipv4/ip_forward"); got != "1" {
+		t.Errorf("ip_forward = %q after a's Teardown, b still needs 1", got)
+	}
+	// b's own orphan removal still knows its tap.
+	if got, err := b.OrphanTaps(ctx, func(string) bool { return false }); err != nil || !slices.Equal(got, []string{"tap-fc-b0000001"}) {
+		t.Errorf("b.OrphanTaps after a's Teardown = %v, %v", got, err)
+	}
+}

@@ -16,8 +16,16 @@ import (
 )
 
 // TapPrefix starts the name of every tap banger creates: "tap-fc-<short
-// id>" (see layout.TapName). Links with this prefix belong to banger.
+// id>" (see layout.TapName). Links with this prefix belong to banger, but
+// not necessarily to this Manager: two daemons may share a network
+// namespace, each with its own bridge and table (see Manager.ours).
 const TapPrefix = "tap-fc-"
+
+// tapAliasPrefix starts the alias (IFLA_IFALIAS, `ip link set alias`) of a
+// banger tap; the bridge's name follows. The alias tells whose a tap is
+// while it is on no bridge: between its creation and its attachment, or
+// after its bridge was deleted (which frees every port).
+const tapAliasPrefix = "banger tap of bridge "
 
 // tapFlags are the flags Firecracker and QEMU open a tap with: a tap (L2
 // frames) with no packet-info header and a virtio-net header. They are
@@ -50,11 +58,12 @@ func checkTapName(name string) error {
 }
 
 // CreateTap creates the persistent tap name, owned by uid owner (the user
-// the VMM runs as: root, or a jailed Firecracker's), attaches it to
-// the bridge and sets it up; the VMM opens it by name. A tap of that name
-// that is already attached to banger's bridge is reused (a start retried
-// after a crash); any other link of that name is an error, never taken
-// over. The bridge must exist (EnsureHost).
+// the VMM runs as: root, or a jailed Firecracker's), labels it with the
+// bridge (tapAliasPrefix), attaches it to the bridge and sets it up; the
+// VMM opens it by name. A tap of that name that is already this Manager's
+// (see ours) is reused (a start retried after a crash); any other link of
+// that name is an error, never taken over. The bridge must exist
+// (EnsureHost).
 func (m *Manager) CreateTap(ctx context.Context, name string, owner int) error {
 	if err := checkTapName(name); err != nil {
 		return err
@@ -75,8 +84,8 @@ func (m *Manager) CreateTap(ctx context.Context, name string, owner int) error {
 	link, err := m.nl.LinkByName(name)
 	switch {
 	case err == nil:
-		if !isTap(link) || link.Attrs().MasterIndex != br.Attrs().Index {
-			return errdefs.AlreadyExists("create tap %q: a %s of that name exists and is not a tap on bridge %q (hint: if it is stale, delete it: ip link delete %s)", name, describe(link), m.bridge, name)
+		if !isTap(link) || !m.ours(link, br.Attrs().Index) {
+			return errdefs.AlreadyExists("create tap %q: a %s of that name exists and is not a tap of bridge %q (hint: if it is stale, delete it: ip link delete %s)", name, describe(link), m.bridge, name)
 		}
 		return classify(m.attach(link, br))
 	case !isNotFound(err):
@@ -105,7 +114,9 @@ func (m *Manager) CreateTap(ctx context.Context, name string, owner int) error {
 	return nil
 }
 
-// createTap creates a persistent tap, owned by owner, on no bridge.
+// createTap creates a persistent tap, owned by owner and labelled with
+// the bridge, on no bridge. The label is set before the tap is made
+// persistent, so that a banger tap never exists without it.
 func (m *Manager) createTap(name string, owner int) error {
 	err := inNetNS(m.ns, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
@@ -127,6 +138,9 @@ func (m *Manager) createTap(name string, owner int) error {
 		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, owner); err != nil {
 			return fmt.Errorf("TUNSETOWNER: %w", err)
 		}
+		if err := m.nl.LinkSetAlias(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}}, m.tapAlias()); err != nil {
+			return fmt.Errorf("set alias: %w", err)
+		}
 		if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 			return fmt.Errorf("TUNSETPERSIST: %w", err)
 		}
@@ -144,7 +158,8 @@ func (m *Manager) createTap(name string, owner int) error {
 }
 
 // attach makes link a guest port of the bridge, changing only what
-// differs: enslaved, in hairpin mode, up. Hairpin: where br_netfilter is
+// differs: labelled (a tap of an older banger is not), enslaved, in
+// hairpin mode, up. Hairpin: where br_netfilter is
 // loaded (any host with Docker or Kubernetes; built in here) the IPv4 hooks
 // run on bridged frames, so a guest reaching its own published port via the
 // gateway is DNATed back out of the bridge port it came in on, which a
@@ -152,6 +167,11 @@ func (m *Manager) createTap(name string, owner int) error {
 // bridge plugin do for the same reason).
 func (m *Manager) attach(link, br netlink.Link) error {
 	name := link.Attrs().Name
+	if link.Attrs().Alias != m.tapAlias() {
+		if err := m.nl.LinkSetAlias(link, m.tapAlias()); err != nil {
+			return fmt.Errorf("set alias of %q: %w", name, err)
+		}
+	}
 	if link.Attrs().MasterIndex != br.Attrs().Index {
 		if err := m.nl.LinkSetMaster(link, br); err != nil {
 			return fmt.Errorf("attach %q to bridge %q: %w", name, m.bridge, err)
@@ -175,7 +195,8 @@ func (m *Manager) attach(link, br netlink.Link) error {
 }
 
 // DeleteTap deletes banger's tap name. A missing tap is not an error; a
-// link of that name that is not a tap is refused.
+// link of that name that is not a tap, or a tap that is another Manager's
+// (a port of another bridge, or labelled with one), is refused.
 func (m *Manager) DeleteTap(ctx context.Context, name string) error {
 	if err := checkTapName(name); err != nil {
 		return err
@@ -195,11 +216,19 @@ func (m *Manager) DeleteTap(ctx context.Context, name string) error {
 	if !isTap(link) {
 		return errdefs.FailedPrecondition("delete tap %q: it is a %s, not a tap: left in place", name, describe(link))
 	}
+	br, err := m.bridgeIndex()
+	if err != nil {
+		return err
+	}
+	if m.foreign(link, br) {
+		return errdefs.FailedPrecondition("delete tap %q: it is not a tap of bridge %q (%s): left in place", name, m.bridge, m.whose(link))
+	}
 	return m.deleteLink(link)
 }
 
-// OrphanTaps lists banger taps (TapPrefix, tap mode) that owned reports no
-// VM owns. It changes nothing.
+// OrphanTaps lists this Manager's taps (TapPrefix, tap mode, and ours)
+// that owned reports no VM owns. It changes nothing. Another daemon's taps
+// in the same namespace are never listed.
 func (m *Manager) OrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -244,17 +273,21 @@ func (m *Manager) RemoveOrphanTaps(ctx context.Context, owned func(name string) 
 }
 
 func (m *Manager) orphans(owned func(string) bool) ([]netlink.Link, error) {
-	taps, err := m.bangerTaps()
+	taps, err := m.ourTaps()
 	if err != nil {
 		return nil, err
 	}
 	return slices.DeleteFunc(taps, func(l netlink.Link) bool { return owned(l.Attrs().Name) }), nil
 }
 
-// bangerTaps lists the links named like banger taps that are taps, sorted.
-func (m *Manager) bangerTaps() ([]netlink.Link, error) {
+// ourTaps lists the links named like banger taps that are taps and this
+// Manager's (see ours), sorted.
+func (m *Manager) ourTaps() ([]netlink.Link, error) {
+	br, err := m.bridgeIndex()
+	if err != nil {
+		return nil, err
+	}
 	var links []netlink.Link
-	var err error
 	for range 3 { // a dump races with link changes; the kernel says so
 		links, err = m.nl.LinkList()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
@@ -266,12 +299,62 @@ func (m *Manager) bangerTaps() ([]netlink.Link, error) {
 	}
 	var taps []netlink.Link
 	for _, l := range links {
-		if IsTapName(l.Attrs().Name) && isTap(l) {
+		if IsTapName(l.Attrs().Name) && isTap(l) && m.ours(l, br) {
 			taps = append(taps, l)
 		}
 	}
 	slices.SortFunc(taps, func(a, b netlink.Link) int { return strings.Compare(a.Attrs().Name, b.Attrs().Name) })
 	return taps, nil
+}
+
+// tapAlias labels this Manager's taps (see tapAliasPrefix).
+func (m *Manager) tapAlias() string { return tapAliasPrefix + m.bridge }
+
+// bridgeIndex is the bridge's interface index, 0 if it does not exist.
+func (m *Manager) bridgeIndex() (int, error) {
+	br, err := m.nl.LinkByName(m.bridge)
+	if isNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, classify(fmt.Errorf("look up bridge %q: %w", m.bridge, err))
+	}
+	return br.Attrs().Index, nil
+}
+
+// ours reports whether a tap is this Manager's, given its bridge's index
+// (0: no bridge): a port of the bridge, or on no bridge and labelled with
+// it. A tap on no bridge and without a label (made by another program, or
+// by a banger older than the label, whose bridge has since gone) could be
+// another daemon's: it is not ours, so orphan removal leaves it in place
+// rather than risk deleting a running VM's tap.
+func (m *Manager) ours(l netlink.Link, bridge int) bool {
+	if master := l.Attrs().MasterIndex; master != 0 {
+		return master == bridge
+	}
+	return l.Attrs().Alias == m.tapAlias()
+}
+
+// foreign reports whether a tap is known to be someone else's: a port of
+// another bridge (or of anything, when ours does not exist), or labelled
+// with another bridge.
+func (m *Manager) foreign(l netlink.Link, bridge int) bool {
+	if master := l.Attrs().MasterIndex; master != 0 {
+		return master != bridge
+	}
+	a := l.Attrs().Alias
+	return strings.HasPrefix(a, tapAliasPrefix) && a != m.tapAlias()
+}
+
+// whose says what a foreign tap belongs to, for error messages.
+func (m *Manager) whose(l netlink.Link) string {
+	if master := l.Attrs().MasterIndex; master != 0 {
+		if ml, err := m.nl.LinkByIndex(master); err == nil {
+			return fmt.Sprintf("it is a port of %q", ml.Attrs().Name)
+		}
+		return fmt.Sprintf("it is a port of link %d", master)
+	}
+	return fmt.Sprintf("its alias is %q", l.Attrs().Alias)
 }
 
 func isTap(l netlink.Link) bool {

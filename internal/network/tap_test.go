@@ -60,17 +60,19 @@ func TestTaps(t *testing.T) {
 		t.Errorf("tap master = %d, want the bridge (%d)", tap.Attrs().MasterIndex, br.Attrs().Index)
 	case tap.Attrs().Flags&net.FlagUp == 0:
 		t.Error("tap is not up")
+	case tap.Attrs().Alias != tapAliasPrefix+DefaultBridge:
+		t.Errorf("tap alias = %q, want %q", tap.Attrs().Alias, tapAliasPrefix+DefaultBridge)
 	}
 	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Hairpin {
 		t.Errorf("tap's bridge port: hairpin %v, %v; want hairpin (see Manager.attach)", pi.Hairpin, err)
 	}
-	// A jailed Firecracker runs unprivileged: its tap is handed to its uid.
+	// A jailed Firecracker runs as its own user: its tap is handed to that uid.
 	jailed := "tap-fc-jail0001"
-	if err := m.CreateTap(ctx, jailed, 65534); err != nil {
+	if err := m.CreateTap(ctx, jailed, 100003); err != nil {
 		t.Fatal(err)
 	}
-	if jt, ok := linkOf(t, e, jailed).(*netlink.Tuntap); !ok || jt.Owner != 65534 {
-		t.Errorf("jailed tap owner = %+v, want uid 65534", jt)
+	if jt, ok := linkOf(t, e, jailed).(*netlink.Tuntap); !ok || jt.Owner != 100003 {
+		t.Errorf("jailed tap owner = %+v, want uid 100003", jt)
 	}
 	if err := m.DeleteTap(ctx, jailed); err != nil {
 		t.Fatal(err)
@@ -118,16 +120,33 @@ func TestTaps(t *testing.T) {
 	if err := m.DeleteTap(ctx, "tap-fc-veth001"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("DeleteTap of a veth = %v, want failed precondition", err)
 	}
-	if err := m.createTap("tap-fc-loose001", 0); err != nil { // a tap on no bridge
-		t.Fatal(err)
+	// Taps on no bridge: without a label, or labelled with another
+	// bridge, they may be another daemon's.
+	looseTap(t, e, m, "tap-fc-loose001", "")
+	looseTap(t, e, m, "tap-fc-loose002", tapAliasPrefix+"other0")
+	for _, n := range []string{"tap-fc-loose001", "tap-fc-loose002"} {
+		if err := m.CreateTap(ctx, n, 0); !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Errorf("CreateTap over %s = %v, want already exists", n, err)
+		}
 	}
-	if err := m.CreateTap(ctx, "tap-fc-loose001", 0); !errors.Is(err, errdefs.ErrAlreadyExists) {
-		t.Errorf("CreateTap over a tap on no bridge = %v, want already exists", err)
+	if err := m.DeleteTap(ctx, "tap-fc-loose002"); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("DeleteTap of a tap labelled with another bridge = %v, want failed precondition", err)
 	}
-	for _, n := range []string{"tap-fc-veth001", "tap-fc-loose001"} {
+	for _, n := range []string{"tap-fc-veth001", "tap-fc-loose001", "tap-fc-loose002"} {
 		if _, err := e.nl.LinkByName(n); err != nil {
 			t.Errorf("%s: %v", n, err)
 		}
+	}
+	// Labelled with this bridge, it is ours, left by a crash between
+	// creation and attachment: reused.
+	if err := m.createTap("tap-fc-loose003", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CreateTap(ctx, "tap-fc-loose003", 0); err != nil {
+		t.Errorf("CreateTap over our own unattached tap: %v", err)
+	}
+	if l := linkOf(t, e, "tap-fc-loose003"); l.Attrs().MasterIndex != br.Attrs().Index {
+		t.Errorf("our unattached tap was not attached: master %d", l.Attrs().MasterIndex)
 	}
 
 	if err := m.DeleteTap(ctx, name); err != nil {
@@ -153,14 +172,16 @@ func TestRemoveOrphanTaps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// An orphan that is on no bridge (say the bridge was recreated), and
-	// links that are not banger taps: a veth with the prefix, a tap
-	// without it.
+	// An orphan that is on no bridge (say the bridge was recreated) but
+	// labelled with ours; links that are not banger taps: a veth with the
+	// prefix, a tap without it; and a tap on no bridge and unlabelled,
+	// which could be another daemon's.
 	for _, n := range []string{"tap-fc-00000003", "tap-other"} {
 		if err := m.createTap(n, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
+	looseTap(t, e, m, "tap-fc-00000004", "")
 	if err := e.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tap-fc-veth001"}, PeerName: "vt-peer"}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,13 +203,27 @@ func TestRemoveOrphanTaps(t *testing.T) {
 			t.Errorf("orphan %s still there: %v", n, err)
 		}
 	}
-	for _, n := range []string{"tap-fc-00000001", "tap-other", "tap-fc-veth001", DefaultBridge, "lo"} {
+	for _, n := range []string{"tap-fc-00000001", "tap-other", "tap-fc-veth001", "tap-fc-00000004", DefaultBridge, "lo"} {
 		if _, err := e.nl.LinkByName(n); err != nil {
 			t.Errorf("%s was removed: %v", n, err)
 		}
 	}
 	if removed, err := m.RemoveOrphanTaps(ctx, owned); err != nil || len(removed) != 0 {
 		t.Errorf("second RemoveOrphanTaps = %v, %v", removed, err)
+	}
+}
+
+// looseTap creates a tap on no bridge with the given alias ("": none).
+func looseTap(t *testing.T, e *env, m *Manager, name, alias string) {
+	t.Helper()
+	if err := m.createTap(name, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.nl.LinkSetAlias(linkOf(t, e, name), alias); err != nil {
+		t.Fatal(err)
+	}
+	if got := linkOf(t, e, name).Attrs().Alias; got != alias {
+		t.Fatalf("%s: alias %q, want %q", name, got, alias)
 	}
 }
 

@@ -40,6 +40,12 @@ func (s *server) importImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	// The daemon reads the files as root: only root may name them, or a
+	// --socket-group member could import files it cannot read itself.
+	if uid := peerUID(r.Context()); uid != 0 {
+		writeError(w, errdefs.FailedPrecondition("image import reads files as root on the daemon's host: only root may ask for it (peer uid %d) (hint: run banger image import as root)", uid))
+		return
+	}
 	im, err := s.svc.ImportImage(r.Context(), req)
 	if err != nil {
 		writeError(w, err)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,9 +28,10 @@ import (
 )
 
 type harness struct {
-	c      *client.Client
-	socket string
-	dir    string
+	handler http.Handler
+	c       *client.Client
+	socket  string
+	dir     string
 }
 
 func newHarness(t *testing.T) *harness {
@@ -53,7 +55,8 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: Handler(svc, slog.New(slog.DiscardHandler))}
+	handler := Handler(svc, slog.New(slog.DiscardHandler))
+	srv := &http.Server{Handler: handler, ConnContext: ConnContext}
 	go srv.Serve(ln)
 	c := client.New(l.ControlSocket())
 	t.Cleanup(func() {
@@ -64,7 +67,7 @@ func newHarness(t *testing.T) *harness {
 		srv.Close()
 		st.Close()
 	})
-	return &harness{c: c, socket: l.ControlSocket(), dir: dir}
+	return &harness{handler: handler, c: c, socket: l.ControlSocket(), dir: dir}
 }
 
 func (h *harness) importImage(t *testing.T) {
@@ -207,5 +210,31 @@ func TestClientSaysWhenDaemonIsDown(t *testing.T) {
 	_, err := c.ListVMs(context.Background())
 	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "banger daemon") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestImportNeedsARootPeer: the daemon reads import paths as root, so only
+// a root peer may name them; the peer's uid comes from SO_PEERCRED.
+func TestImportNeedsARootPeer(t *testing.T) {
+	h := newHarness(t)
+	kernel, rootfs := testutil.FakeImageFiles(t, h.dir)
+	body := `{"name":"img","kernel":"` + kernel + `","rootfs":"` + rootfs + `"}`
+
+	// Over the real socket the peer is this test process.
+	status, e := rawRequest(t, h.socket, "POST", "/v1/images/import", body)
+	if os.Geteuid() == 0 && status != http.StatusCreated {
+		t.Fatalf("root peer refused: %d %+v", status, e)
+	}
+	if os.Geteuid() != 0 && (status != http.StatusPreconditionFailed || !strings.Contains(e.Error.Message, "only root")) {
+		t.Fatalf("non-root peer: %d %+v", status, e)
+	}
+
+	// A request whose peer is another user (a --socket-group member).
+	req := httptest.NewRequest("POST", "/v1/images/import", strings.NewReader(strings.Replace(body, `"img"`, `"img2"`, 1)))
+	req = req.WithContext(context.WithValue(req.Context(), peerKey{}, 1000))
+	rec := httptest.NewRecorder()
+	h.handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusPreconditionFailed || !strings.Contains(rec.Body.String(), "peer uid 1000") {
+		t.Fatalf("uid 1000: %d %s", rec.Code, rec.Body.String())
 	}
 }

@@ -17,9 +17,13 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 )
 
-// Store is banger's database.
+// Store is banger's database. Writes go through db, whose transactions
+// take SQLite's write lock up front (BEGIN IMMEDIATE: no lock upgrades, no
+// SQLITE_BUSY mid-transaction); reads go through rdb, whose read-only
+// transactions never take it (WAL readers do not block the writer).
 type Store struct {
-	db *sql.DB
+	db  *sql.DB
+	rdb *sql.DB
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -27,6 +31,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
+	}
+	rq := url.Values{}
+	for k, v := range q {
+		rq[k] = v
 	}
 	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
@@ -38,10 +46,15 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate store %s: %w", path, err)
 	}
+	rq.Add("_pragma", "query_only(1)")
+	if s.rdb, err = sql.Open("sqlite", "file:"+path+"?"+rq.Encode()); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	return s, nil
 }
 
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.rdb.Close(), s.db.Close()) }
 
 // migrations are applied in order; PRAGMA user_version counts those applied.
 // Never edit one that has shipped: append.
@@ -141,15 +154,15 @@ func (s *Store) Transaction(ctx context.Context, fn func(*Tx) error) error {
 	return nil
 }
 
-// view runs fn in a transaction and returns its value.
+// view runs fn in a read-only transaction and returns its value.
 func view[T any](ctx context.Context, s *Store, fn func(*Tx) (T, error)) (T, error) {
 	var out T
-	err := s.Transaction(ctx, func(tx *Tx) error {
-		var err error
-		out, err = fn(tx)
-		return err
-	})
-	return out, err
+	tx, err := s.rdb.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return out, fmt.Errorf("begin read: %w", err)
+	}
+	defer tx.Rollback() // read-only: nothing to commit
+	return fn(&Tx{tx: tx})
 }
 
 func isUnique(err error) bool {

@@ -223,3 +223,32 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Fatalf("got %d vms, want 40", len(vms))
 	}
 }
+
+// TestReadsDoNotWaitForWriters: a read runs while a write transaction holds
+// SQLite's write lock (reads never take it).
+func TestReadsDoNotWaitForWriters(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	seedImage(t, s, "img1", "base")
+	insertVM(t, s, newVM("id1", "web", "img1", ""))
+	inTx, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- s.Transaction(ctx, func(tx *Tx) error {
+			close(inTx)
+			<-release
+			return nil
+		})
+	}()
+	<-inTx
+	readCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := s.ResolveVM(readCtx, "web")
+	close(release)
+	if err != nil || v.ID != "id1" {
+		t.Fatalf("read during a write transaction: %v %v", v, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

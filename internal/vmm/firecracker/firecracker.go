@@ -53,12 +53,25 @@ type Config struct {
 	JailerBinary string     // default "jailer", looked up on PATH
 	Jailer       JailerMode // default JailerAuto: jailed when the jailer is found
 	ChrootBase   string     // jailer --chroot-base-dir; required when jailed
-	// UID and GID the jailed Firecracker runs as. 0 keeps root inside the
-	// jail; a dedicated unprivileged user is the point of the jailer. The
-	// VM's tap device must be usable by this user.
-	UID, GID  int
+	// UIDBase is the first of the 65536 ids jailed VMs run as. Each jailed
+	// Firecracker runs as its own unprivileged user, so that no VMM can
+	// signal or ptrace another, nor open another VM's tap or disk: uid and
+	// gid UIDBase + (Spec.VsockCID & 0xffff) (see jailUser). Nothing else
+	// on the host may use ids UIDBase to UIDBase+65535 (no user, no
+	// /etc/subuid range). Default DefaultUIDBase.
+	UIDBase   int
 	KVMDevice string // default /dev/kvm
 }
+
+// DefaultUIDBase is Config.UIDBase's default: far above the ids Debian
+// gives users (1000+) and their /etc/subuid ranges (100000 + 65536 per
+// user), so no login or container user shares a jailed VMM's id.
+const DefaultUIDBase = 1_500_000_000
+
+// maxID bounds the ids a jailed VM runs as: uids are 32 bits, but
+// (uid_t)-1 means "no change" to chown and tools disagree on the sign of
+// larger ones.
+const maxID = 1<<31 - 1
 
 // Driver is the Firecracker driver.
 type Driver struct {
@@ -71,7 +84,10 @@ type Driver struct {
 	versions map[versionKey]string
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver     = (*Driver)(nil)
+	_ vmm.UserMapper = (*Driver)(nil)
+)
 
 // New returns a driver for cfg.
 func New(cfg Config) *Driver {
@@ -83,6 +99,9 @@ func New(cfg Config) *Driver {
 	}
 	if cfg.Jailer == "" {
 		cfg.Jailer = JailerAuto
+	}
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = DefaultUIDBase
 	}
 	if cfg.KVMDevice == "" {
 		cfg.KVMDevice = "/dev/kvm"
@@ -227,7 +246,7 @@ func (d *Driver) Probe(ctx context.Context) vmm.Info {
 	jail := "not jailed (jailer off)"
 	switch {
 	case h.jailer != "":
-		jail = fmt.Sprintf("jailed by %s as %d:%d", h.jailer, d.cfg.UID, d.cfg.GID)
+		jail = fmt.Sprintf("jailed by %s as a per-VM uid from %d", h.jailer, d.cfg.UIDBase)
 	case d.cfg.Jailer == JailerAuto:
 		jail = fmt.Sprintf("not jailed (jailer %q not found)", d.cfg.JailerBinary)
 	}
@@ -355,15 +374,50 @@ func (d *Driver) jail(spec vmm.Spec) (*jail, error) {
 	if !strings.Contains(filepath.Base(bin), "firecracker") {
 		return nil, errdefs.InvalidArgument("firecracker binary %s: the jailer only runs files whose name contains \"firecracker\" (hint: rename it)", bin)
 	}
-	return &jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: bin, id: spec.ID, uid: d.cfg.UID, gid: d.cfg.GID}, nil
+	id, err := d.jailUser(spec.VsockCID)
+	if err != nil {
+		return nil, err
+	}
+	return &jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: bin, id: spec.ID, uid: id, gid: id}, nil
+}
+
+// jailUser is the uid, and the gid, a jailed VM's Firecracker runs as:
+// UIDBase + (cid & 0xffff). The daemon derives a VM's vsock CID from its
+// guest IPv4 address (the address as a 32-bit number, network.CIDFor), and
+// a daemon's guest addresses are unique. In a guest pool of /16 or smaller
+// every address shares the upper 16 bits, so the low 16 bits, and with
+// them the ids, are unique among the daemon's VMs. (A larger pool could
+// give two VMs the same id.) A VM without a CID has no id of its own and
+// is refused.
+func (d *Driver) jailUser(cid uint32) (int, error) {
+	if cid == 0 {
+		return 0, errdefs.InvalidArgument("a jailed vm needs a vsock cid: its jail uid derives from it")
+	}
+	id := int64(d.cfg.UIDBase) + int64(cid&0xffff)
+	if id <= 0 || id > maxID {
+		return 0, errdefs.InvalidArgument("jail uid %d (uid base %d + vsock cid %d & 0xffff) is out of range 1 to %d (hint: configure a smaller uid base)", id, d.cfg.UIDBase, cid, maxID)
+	}
+	return int(id), nil
+}
+
+// RunAs is the uid and gid the VM's Firecracker runs as: its own jail user
+// when jailed (see jailUser), root (0, 0) when not. The daemon gives the
+// VM's tap to this user. A spec Validate refuses also gives 0, 0; Launch
+// refuses it anyway.
+func (d *Driver) RunAs(spec vmm.Spec) (uid, gid int) {
+	j, err := d.jail(spec)
+	if err != nil || j == nil {
+		return 0, 0
+	}
+	return j.uid, j.gid
 }
 
 func (d *Driver) checkJailConfig() error {
 	if d.cfg.ChrootBase == "" || !filepath.IsAbs(d.cfg.ChrootBase) {
 		return errdefs.InvalidArgument("jailer chroot base %q must be an absolute directory (hint: a directory under banger's state dir)", d.cfg.ChrootBase)
 	}
-	if d.cfg.UID < 0 || d.cfg.GID < 0 {
-		return errdefs.InvalidArgument("jailer uid:gid %d:%d must not be negative", d.cfg.UID, d.cfg.GID)
+	if d.cfg.UIDBase < 1 || int64(d.cfg.UIDBase)+0xffff > maxID {
+		return errdefs.InvalidArgument("jailer uid base %d: the per-VM ids %d to %d must lie within 1 to %d (hint: the default is %d)", d.cfg.UIDBase, d.cfg.UIDBase, int64(d.cfg.UIDBase)+0xffff, maxID, DefaultUIDBase)
 	}
 	return nil
 }
@@ -474,7 +528,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 		}
 	}
 	path, args := d.command(h, spec, j)
-	proc, err := vmm.Spawn(path, args, spec.LogPath)
+	proc, err := vmm.SpawnFor(spec, path, args)
 	if err != nil {
 		return fail(fmt.Errorf("firecracker: %w", err))
 	}
@@ -558,8 +612,10 @@ func (d *Driver) Shutdown(ctx context.Context, spec vmm.Spec) error {
 }
 
 // Cleanup removes the API and vsock sockets (or the links to them) and the
-// VM's jail. It is idempotent, and safe whatever the jailer mode was when
-// the VM started: a jail is removed wherever one exists for the VM.
+// VM's jail, and gives the VM's disk back to the daemon's user (root) from
+// the jail user it was lent to. It is idempotent, and safe whatever the
+// jailer mode was when the VM started: a jail is removed wherever one
+// exists for the VM, and a disk is given back whoever it was lent to.
 func (d *Driver) Cleanup(_ context.Context, spec vmm.Spec) error {
 	var errs []error
 	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
@@ -578,6 +634,13 @@ func (d *Driver) Cleanup(_ context.Context, spec vmm.Spec) error {
 		j := jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: bin, id: spec.ID}
 		if err := j.remove(); err != nil {
 			errs = append(errs, fmt.Errorf("firecracker: %w", err))
+		}
+	}
+	// Usually the jail's link already did it; this covers a disk whose jail
+	// is out of reach (deleted by hand, or the chroot base reconfigured).
+	if spec.RootDisk != "" {
+		if err := giveBack(spec.RootDisk); err != nil {
+			errs = append(errs, fmt.Errorf("firecracker: give root disk %s back: %w", spec.RootDisk, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,8 +141,9 @@ func checkJail(t *testing.T, h *harness, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != h.uid || int(st.Gid) != h.gid {
-		t.Errorf("root disk owned by %d:%d, want the jail user %d:%d", st.Uid, st.Gid, h.uid, h.gid)
+	uid, gid := h.drv.RunAs(h.spec)
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid || int(st.Gid) != gid || uid == 0 {
+		t.Errorf("root disk owned by %d:%d, want the VM's jail user %d:%d", st.Uid, st.Gid, uid, gid)
 	}
 }
 
@@ -157,6 +159,11 @@ func checkJailGone(t *testing.T, h *harness) {
 	}
 	if b, err := os.ReadFile(h.spec.RootDisk); err != nil || string(b) != "rootfs contents" {
 		t.Errorf("the VM's real disk must survive the jail's removal: %q, %v", b, err)
+	}
+	if fi, err := os.Stat(h.spec.RootDisk); err == nil {
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() {
+			t.Errorf("the VM's real disk is still lent to %d:%d, want it given back to %d:%d", st.Uid, st.Gid, os.Geteuid(), os.Getegid())
+		}
 	}
 	if _, err := os.Stat(h.spec.Kernel); err != nil {
 		t.Errorf("the image kernel must survive the jail's removal: %v", err)
@@ -302,7 +309,7 @@ func TestProbe(t *testing.T) {
 		info.Binary != filepath.Join(h.dir, "bin", "firecracker") || !strings.Contains(info.Reason, "not jailed") {
 		t.Errorf("probe with a working fake: %+v", info)
 	}
-	if info := h.driver(Config{Jailer: JailerOn}).Probe(c); !info.Available || !strings.Contains(info.Reason, "jailed by") {
+	if info := h.driver(Config{Jailer: JailerOn}).Probe(c); !info.Available || !strings.Contains(info.Reason, "jailed by "+filepath.Join(h.dir, "bin", "jailer")+" as a per-VM uid from "+strconv.Itoa(DefaultUIDBase)) {
 		t.Errorf("probe jailed: %+v", info)
 	}
 	if info := h.driver(Config{Jailer: JailerAuto, JailerBinary: "no-such-jailer"}).Probe(c); !info.Available || !strings.Contains(info.Reason, "not found") {

@@ -65,7 +65,7 @@ type jail struct {
 	base     string // --chroot-base-dir
 	execFile string // --exec-file, absolute
 	id       string // --id
-	uid, gid int
+	uid, gid int    // the VM's own user (Driver.jailUser)
 }
 
 // dir is <chroot_base>/<exec_file_name>/<id>, everything the jail owns.
@@ -106,16 +106,17 @@ func (j jail) args(fcArgs []string) []string {
 //     copy owned by the jail user. Image files are shared by VMs, so their
 //     owner and mode are never changed.
 //   - root disk: it must be the VM's real disk, since the guest writes to
-//     it. A regular file is hard-linked and the inode given to the jail
-//     user (the jailed Firecracker opens it read-write). A block device gets
+//     it. A regular file is hard-linked and the inode lent to the jail
+//     user (the jailed Firecracker opens it read-write); remove, which
+//     Cleanup runs, gives it back (giveBack). A block device gets
 //     a device node with the same numbers. A bind mount is not used: the
 //     jailer bind-mounts <chroot_dir> onto itself without MS_REC, so a mount
 //     below it would not be visible inside the jail, and removing the jail
 //     with a mount still in place would delete the real disk through it.
 //     A copy is not used either: the guest's writes would land in the copy.
 func (j jail) prepare(kernel, initrd, rootfs string) error {
-	if err := os.RemoveAll(j.dir()); err != nil {
-		return fmt.Errorf("remove stale jail: %w", err)
+	if err := j.remove(); err != nil { // a stale jail, its disk given back
+		return fmt.Errorf("stale jail: %w", err)
 	}
 	if err := os.MkdirAll(j.root(), 0o700); err != nil {
 		return fmt.Errorf("create jail: %w", err)
@@ -174,15 +175,44 @@ func (j jail) placeDisk(src, dst string) error {
 	return nil
 }
 
-// remove deletes the jail. Everything in it is a link, a copy, a device
-// node or a socket, so nothing outside the jail is lost. The per-binary
-// directory above it is shared by all jails and stays: removing it could
-// race with another VM's prepare.
+// remove gives the VM's disk back (see giveBack) through the jail's link
+// to it, then deletes the jail. Everything in it is a link, a copy, a
+// device node or a socket, so nothing outside the jail is lost. If the disk
+// cannot be given back the jail stays, so that a retry still finds the
+// disk. The per-binary directory above the jail is shared by all jails and
+// stays: removing it could race with another VM's prepare.
 func (j jail) remove() error {
+	if err := giveBack(j.host(jailRootfs)); err != nil {
+		return fmt.Errorf("give root disk back from jail user (jail %s kept): %w", j.dir(), err)
+	}
 	if err := os.RemoveAll(j.dir()); err != nil {
 		return fmt.Errorf("remove jail: %w", err)
 	}
 	return nil
+}
+
+// giveBack undoes placeDisk's chown: a regular file owned by anyone but
+// the daemon's own user and group is given back to them. That is what the
+// VM's disk was before it was lent to the jail user, as the daemon creates
+// disks itself, as root: so nothing needs recording. A missing file, a
+// device node (placeDisk made a new one, the real one was never changed)
+// and a file already the daemon's are left alone, so it is idempotent.
+func giveBack(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	uid, gid := os.Geteuid(), os.Getegid()
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) == uid && int(st.Gid) == gid {
+		return nil
+	}
+	return os.Lchown(path, uid, gid)
 }
 
 // readableBy reports whether a process running as uid:gid (with no

@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/testutil"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -139,9 +141,7 @@ func TestJailLayoutAndCleanup(t *testing.T) {
 // Image files the jail user cannot read are copied, never re-owned: other
 // VMs share them.
 func TestJailCopiesUnreadableImageFiles(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to own files as another user")
-	}
+	testutil.RequireRoot(t)
 	t.Parallel()
 	h := newHarness(t, opts{jailer: JailerOn})
 	if err := os.Chmod(h.spec.Kernel, 0o600); err != nil { // root's only
@@ -161,8 +161,8 @@ func TestJailCopiesUnreadableImageFiles(t *testing.T) {
 	}
 	orig, _ := os.Stat(h.spec.Kernel)
 	st := fi.Sys().(*syscall.Stat_t)
-	if os.SameFile(fi, orig) || int(st.Uid) != h.uid || fi.Mode().Perm() != 0o400 {
-		t.Errorf("kernel in jail: same file %v, owner %d, mode %v; want a 0400 copy owned by %d", os.SameFile(fi, orig), st.Uid, fi.Mode().Perm(), h.uid)
+	if os.SameFile(fi, orig) || int(st.Uid) != j.uid || int(st.Gid) != j.gid || fi.Mode().Perm() != 0o400 {
+		t.Errorf("kernel in jail: same file %v, owner %d:%d, mode %v; want a 0400 copy owned by %d:%d", os.SameFile(fi, orig), st.Uid, st.Gid, fi.Mode().Perm(), j.uid, j.gid)
 	}
 	a, _ := os.ReadFile(jk)
 	b, _ := os.ReadFile(h.spec.Kernel)
@@ -184,14 +184,14 @@ func TestJailAcrossFilesystems(t *testing.T) {
 	t.Parallel()
 	other, err := os.MkdirTemp("/dev/shm", "fc")
 	if err != nil {
-		t.Skip("no /dev/shm")
+		skipUnlessOptedIn(t, "needs a second filesystem at /dev/shm: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(other) })
 	h := newHarness(t, opts{jailer: JailerOn})
 	a, _ := os.Stat(other)
 	b, _ := os.Stat(h.dir)
 	if a.Sys().(*syscall.Stat_t).Dev == b.Sys().(*syscall.Stat_t).Dev {
-		t.Skip("/dev/shm is on the same filesystem as the temp dir")
+		skipUnlessOptedIn(t, "needs a second filesystem: /dev/shm is on the same filesystem as the temp dir %s", h.dir)
 	}
 	kernel := filepath.Join(other, "vmlinux")
 	writeFile(t, kernel, elfKernel(hostMachine()), 0o644)
@@ -220,4 +220,137 @@ func TestJailAcrossFilesystems(t *testing.T) {
 		t.Error("Launch started a process with an unusable jail")
 	}
 	checkJailGone(t, h)
+}
+
+// skipUnlessOptedIn skips a test the host cannot run, unless the real-host
+// tests were asked for: then the missing piece fails it, so an opted-in run
+// never passes by skipping.
+func skipUnlessOptedIn(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if testutil.OptedIn() {
+		t.Fatalf(testutil.EnvVMTests+"=1 but the host cannot run this test: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// Each VM runs as its own user, UIDBase + (vsock CID & 0xffff): two VMs
+// never share one, and the id follows the guest address the CID encodes.
+func TestJailUserPerVM(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, opts{}) // builds no jail: no root needed
+	d := h.driver(Config{Jailer: JailerOn})
+	a, b := h.spec, h.spec
+	a.ID, a.VsockCID = "vm-a", 0xac1e0002 // 172.30.0.2, as network.CIDFor derives it
+	b.ID, b.VsockCID = "vm-b", 0xac1e0107 // 172.30.1.7
+	for _, tc := range []struct {
+		spec vmm.Spec
+		want int
+	}{{a, DefaultUIDBase + 2}, {b, DefaultUIDBase + 0x107}} {
+		uid, gid := d.RunAs(tc.spec)
+		if uid != tc.want || gid != tc.want {
+			t.Errorf("RunAs(cid %#x) = %d:%d, want %d:%d", tc.spec.VsockCID, uid, gid, tc.want, tc.want)
+		}
+		j, err := d.jail(tc.spec)
+		if err != nil || j.uid != tc.want || j.gid != tc.want {
+			t.Fatalf("jail(cid %#x) = %+v, %v", tc.spec.VsockCID, j, err)
+		}
+		args := j.args(nil)
+		if i := slices.Index(args, "--uid"); i < 0 || args[i+1] != strconv.Itoa(tc.want) {
+			t.Errorf("jailer args %q lack --uid %d", args, tc.want)
+		}
+		if i := slices.Index(args, "--gid"); i < 0 || args[i+1] != strconv.Itoa(tc.want) {
+			t.Errorf("jailer args %q lack --gid %d", args, tc.want)
+		}
+	}
+	ua, _ := d.RunAs(a)
+	ub, _ := d.RunAs(b)
+	if ua == ub {
+		t.Errorf("two VMs share uid %d", ua)
+	}
+	if uid, gid := h.driver(Config{Jailer: JailerOn, UIDBase: 200000}).RunAs(b); uid != 200000+0x107 || gid != uid {
+		t.Errorf("RunAs with uid base 200000 = %d:%d", uid, gid)
+	}
+
+	// Unjailed, Firecracker runs as the daemon: root.
+	if uid, gid := h.drv.RunAs(a); uid != 0 || gid != 0 {
+		t.Errorf("unjailed RunAs = %d:%d, want 0:0", uid, gid)
+	}
+
+	// Ids out of range, or no id of the VM's own, are refused before
+	// anything starts; RunAs then says root, and Launch refuses anyway.
+	noCID := a
+	noCID.VsockPath, noCID.VsockCID = "", 0
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		spec vmm.Spec
+		want string
+	}{
+		{"negative base", Config{Jailer: JailerOn, UIDBase: -1}, a, "uid base -1"},
+		{"base past 2^31", Config{Jailer: JailerOn, UIDBase: 1<<31 - 0xffff}, a, "uid base"},
+		{"no cid", Config{Jailer: JailerOn}, noCID, "needs a vsock cid"},
+	} {
+		d := h.driver(tc.cfg)
+		err := d.Validate(tc.spec)
+		if errdefs.ClassOf(err) != errdefs.ClassInvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Validate = %v, want invalid argument with %q", tc.name, err, tc.want)
+		}
+		if uid, gid := d.RunAs(tc.spec); uid != 0 || gid != 0 {
+			t.Errorf("%s: RunAs = %d:%d, want 0:0", tc.name, uid, gid)
+		}
+	}
+	// The largest base whose ids all stay below 2^31 is accepted.
+	if err := h.driver(Config{Jailer: JailerOn, UIDBase: 1<<31 - 1 - 0xffff}).Validate(b); err != nil {
+		t.Errorf("uid base 2^31-1-0xffff: %v", err)
+	}
+}
+
+// Cleanup gives the VM's disk back to root, whom the daemon created it as,
+// through the jail or, with the jail gone, directly; and does so again
+// when run again.
+func TestCleanupGivesDiskBack(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, opts{jailer: JailerOn})
+	owner := func() (uint32, uint32) {
+		t.Helper()
+		fi, err := os.Stat(h.spec.RootDisk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid
+	}
+	if u, g := owner(); u != 0 || g != 0 {
+		t.Fatalf("the harness disk is owned by %d:%d, want 0:0", u, g)
+	}
+	j, err := h.drv.jail(h.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.drv.prepareJail(h.spec, j); err != nil {
+		t.Fatal(err)
+	}
+	if u, g := owner(); int(u) != j.uid || int(g) != j.gid {
+		t.Fatalf("disk lent to %d:%d, want the jail user %d:%d", u, g, j.uid, j.gid)
+	}
+	for range 2 {
+		if err := h.drv.Cleanup(ctx(t), h.spec); err != nil {
+			t.Fatal(err)
+		}
+		if u, g := owner(); u != 0 || g != 0 {
+			t.Errorf("after Cleanup the disk is owned by %d:%d, want 0:0", u, g)
+		}
+	}
+	checkJailGone(t, h)
+
+	// No jail left to go through (a retried Launch replaced it and failed).
+	if err := os.Chown(h.spec.RootDisk, j.uid, j.gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.drv.Cleanup(ctx(t), h.spec); err != nil {
+		t.Fatal(err)
+	}
+	if u, g := owner(); u != 0 || g != 0 {
+		t.Errorf("without a jail, Cleanup left the disk owned by %d:%d, want 0:0", u, g)
+	}
 }

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/banger-vm/banger/internal/doctor"
+	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/vmm"
+	"github.com/banger-vm/banger/internal/vmm/firecracker"
+	"github.com/banger-vm/banger/internal/vmm/qemu"
+)
+
+// TestDoctorExitsWhenNoVMMCanRun: on a host where no VMM can run, `banger
+// doctor` says so and exits 5 (failed precondition), in both formats.
+func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
+	old := doctorDrivers
+	t.Cleanup(func() { doctorDrivers = old })
+	doctorDrivers = func(l layout.Layout) vmm.Registry {
+		q := qemu.New()
+		q.Binary = "banger-no-such-qemu"
+		return vmm.Registry{
+			vmm.KindFirecracker: firecracker.New(firecracker.Config{Binary: "banger-no-such-firecracker", ChrootBase: l.JailDir()}),
+			vmm.KindQEMU:        q,
+		}
+	}
+
+	out, err := run(t, "--state-dir", t.TempDir(), "doctor")
+	if code := exitCode(err); code != exitFailedPrecondition {
+		t.Fatalf("exit %d (%v), want %d:\n%s", code, err, exitFailedPrecondition, out)
+	}
+	for _, want := range []string{"banger-no-such-qemu not found", "banger-no-such-firecracker", "No VMM can run VMs on this host."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = run(t, "--state-dir", t.TempDir(), "doctor", "-o", "json")
+	if code := exitCode(err); code != exitFailedPrecondition {
+		t.Fatalf("json: exit %d (%v), want %d", code, err, exitFailedPrecondition)
+	}
+	var r doctor.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.CanRunVMs || r.AutoVMM != "" {
+		t.Fatalf("json report: %v %+v\n%s", err, r, out)
+	}
+}
