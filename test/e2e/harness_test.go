@@ -103,7 +103,7 @@ type daemon struct {
 	runDir   string
 	logFile  string
 	proc     *daemonProc // shared by the copies subtests make (with)
-	flags    []string // extra daemon flags
+	flags    []string    // extra daemon flags
 }
 
 func requireE2E(t testing.TB) {
