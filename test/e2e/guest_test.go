@@ -145,8 +145,14 @@ func TestGuests(t *testing.T) {
 		os.WriteFile(filepath.Join(src, "file.bin"), bytesOf(123457), 0o644)
 		d.must("vm", "cp", filepath.Join(src, "file.bin"), "alpha:/tmp/file.bin")
 		d.must("vm", "cp", filepath.Join(src, "tree"), "alpha:/tmp/")
-		if out := d.must("vm", "exec", "alpha", "--", "sha256sum", "/tmp/file.bin", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin"); !strings.Contains(out, sha(filepath.Join(src, "file.bin"))) || !strings.Contains(out, sha(filepath.Join(src, "tree", "sub", "b.bin"))) {
-			t.Fatalf("checksums on the guest differ:\n%s", out)
+		out := d.must("vm", "exec", "alpha", "--", "sha256sum", "/tmp/file.bin", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin")
+		for _, f := range []string{"file.bin", "tree/a.txt", "tree/sub/b.bin"} {
+			if !strings.Contains(out, sha(filepath.Join(src, f))+"  /tmp/"+f) {
+				t.Fatalf("checksum of %s on the guest differs:\n%s", f, out)
+			}
+		}
+		if modes := d.must("vm", "exec", "alpha", "--", "stat", "-c", "%a %n", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin", "/tmp/tree/sub"); modes != "644 /tmp/tree/a.txt\n600 /tmp/tree/sub/b.bin\n755 /tmp/tree/sub\n" {
+			t.Fatalf("modes on the guest:\n%s", modes)
 		}
 		back := t.TempDir()
 		d.must("vm", "cp", "alpha:/tmp/tree", back)
@@ -161,8 +167,11 @@ func TestGuests(t *testing.T) {
 			t.Fatalf("published port answered %q", got)
 		}
 		d.must("vm", "stop", "beta")
+		if rules := d.publishRules(); strings.Contains(rules, "dnat") {
+			t.Fatalf("publish rules left after stop:\n%s", rules)
+		}
 		if got := d.netnsTry(gateway + ":12222"); got != "refused" {
-			t.Fatalf("published port still answers after stop: %q", got)
+			t.Fatalf("published port still answers after stop: %q (want a refused connection, not a timeout)", got)
 		}
 
 		// Host keys: each VM has its own, pinned, not from the image.
@@ -227,13 +236,29 @@ func gatewayOf(t *testing.T, ip string) string {
 }
 
 // netnsTry reads the first bytes addr sends on connect, from the daemon's
-// namespace, or says "refused".
+// namespace: the bytes, "refused" for a refused connection, or "timeout"
+// (a connection nothing answered is not the same as a refused one).
 func (d *daemon) netnsTry(addr string) string {
 	host, port, _ := net.SplitHostPort(addr)
-	out, err := exec.Command("ip", "netns", "exec", d.netns, "timeout", "10", "bash", "-c",
-		"exec 3<>/dev/tcp/"+host+"/"+port+" && head -c 7 <&3").Output()
-	if err != nil || len(out) == 0 {
+	var stderr strings.Builder
+	cmd := exec.Command("ip", "netns", "exec", d.netns, "timeout", "10", "bash", "-c",
+		"exec 3<>/dev/tcp/"+host+"/"+port+" && head -c 7 <&3")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	switch {
+	case err == nil && len(out) > 0:
+		return string(out)
+	case strings.Contains(stderr.String(), "Connection refused"):
 		return "refused"
+	}
+	return "timeout"
+}
+
+// publishRules is the publish chain of banger's table in the namespace.
+func (d *daemon) publishRules() string {
+	out, err := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput()
+	if err != nil {
+		d.t.Fatalf("nft list chain: %v %s", err, out)
 	}
 	return string(out)
 }
@@ -246,9 +271,8 @@ func (d *daemon) assertNetworkClean(knownHosts string) {
 	if strings.Contains(string(links), "tap-fc-") {
 		d.t.Fatalf("taps left:\n%s", links)
 	}
-	rules, err := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput()
-	if err != nil || strings.Contains(string(rules), "dnat") {
-		d.t.Fatalf("publish rules left (or no table): %v\n%s", err, rules)
+	if rules := d.publishRules(); strings.Contains(rules, "dnat") {
+		d.t.Fatalf("publish rules left:\n%s", rules)
 	}
 	if pins, _ := os.ReadFile(knownHosts); len(strings.TrimSpace(string(pins))) != 0 {
 		d.t.Fatalf("pins left:\n%s", pins)

@@ -361,6 +361,16 @@ func (d *daemon) assertNoLeaks() {
 		}
 		d.t.Errorf("leaked runtime files: %v", names)
 	}
+	// Every VM is deleted: no tap, published port or host-key pin may remain.
+	if links, _ := exec.Command("ip", "-n", d.netns, "-o", "link", "show").CombinedOutput(); strings.Contains(string(links), "tap-fc-") {
+		d.t.Errorf("leaked taps:\n%s", links)
+	}
+	if rules, err := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput(); err == nil && strings.Contains(string(rules), "dnat") {
+		d.t.Errorf("leaked publish rules:\n%s", rules)
+	}
+	if pins, _ := os.ReadFile(filepath.Join(d.stateDir, "ssh", "known_hosts")); len(strings.TrimSpace(string(pins))) > 0 {
+		d.t.Errorf("leaked host-key pins:\n%s", pins)
+	}
 }
 
 func alive(pid int) bool {

@@ -290,3 +290,43 @@ func TestELFKernelImage(t *testing.T) {
 	d.must("vm", "stop", "elf")
 	d.waitLog("elf", testimage.ShutdownMarker, 1, 5*time.Second)
 }
+
+// TestStartFailingAfterLaunchLeaksNothing: a start that fails late (its
+// published port is already taken on the host, after the VMM was launched
+// and booted) is rolled back: state error with the message, and no VMM,
+// tap or rule is left.
+func TestStartFailingAfterLaunchLeaksNothing(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	// A listener in the daemon's namespace holds the host port.
+	holder := exec.Command("ip", "netns", "exec", d.netns, "busybox", "nc", "-l", "-p", "18999")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+
+	d.createVM("late", "--publish", "18999:22")
+	stderr := d.fails(4, "vm", "start", "late")
+	v := d.show("late")
+	if v.State != "error" || !strings.Contains(v.LastError, "18999") || !strings.Contains(stderr, v.LogPath) {
+		t.Fatalf("state %s, last error %q, stderr %q", v.State, v.LastError, stderr)
+	}
+	stages := map[string]string{}
+	for _, st := range d.ops("late")[0].Stages {
+		stages[st.Name] = st.Status
+	}
+	if stages["vmm.boot"] != "done" || stages["cap.publish"] != "failed" || stages["vmm.launch"] != "undone" || stages["network.tap"] != "undone" {
+		t.Fatalf("the failure was not late, or not rolled back: %v", stages)
+	}
+	if p := d.vmmProcesses(); len(p) > 0 {
+		t.Fatalf("VMM left: %v", p)
+	}
+	if links, _ := exec.Command("ip", "-n", d.netns, "-o", "link", "show").CombinedOutput(); strings.Contains(string(links), "tap-fc-") {
+		t.Fatalf("tap left:\n%s", links)
+	}
+	if rules, _ := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput(); strings.Contains(string(rules), "dnat") {
+		t.Fatalf("rule left:\n%s", rules)
+	}
+}
