@@ -60,7 +60,7 @@ func (s *Service) parsePorts(ctx context.Context, specs []string) ([]model.PortM
 // host key) and pins that host key by IP and by name. An image banger
 // cannot personalise is left as is: SSH then trusts on first use.
 func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation) error {
-	const stage = "guest.identity"
+	const stage = StageGuestIdentity
 	if s.cfg.ClientKey == "" {
 		op.Note(stage, "no managed ssh key configured: identity not written")
 		return nil

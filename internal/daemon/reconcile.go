@@ -43,7 +43,7 @@ func (s *Service) reconcileLocked(ctx context.Context, v *model.VM) error {
 		// A start whose rollback failed kept its runtime: finish it.
 		op := s.begin(ctx, "vm.reconcile", v)
 		reason := "cleaned up what a failed start left: " + v.LastError
-		op.Note("runtime.leftover", fmt.Sprintf("pid %d alive=%v", v.Runtime.PID, s.alive(v)))
+		op.Note(StageRuntimeLeftover, fmt.Sprintf("pid %d alive=%v", v.Runtime.PID, s.alive(v)))
 		return op.finish(s.teardown(ctx, v, op, reason))
 	}
 	alive := s.alive(v)
@@ -65,6 +65,6 @@ func (s *Service) reconcileLocked(ctx context.Context, v *model.VM) error {
 	} else {
 		reason = fmt.Sprintf("vmm process %d exited while the daemon was not running", v.Runtime.PID)
 	}
-	op.Note("vmm.gone", reason)
+	op.Note(StageVMMGone, reason)
 	return op.finish(s.teardown(ctx, v, op, reason))
 }

@@ -72,7 +72,7 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	}
 
 	op := s.begin(ctx, "vm.create", v)
-	op.Note("vmm.choose", v.VMM+": "+v.VMMReason)
+	op.Note(StageVMMChoose, v.VMM+": "+v.VMMReason)
 	if err := s.makeDisk(ctx, v, img, op); err != nil {
 		s.discardCreate(ctx, v)
 		return nil, op.finish(fmt.Errorf("create vm %q: %w", v.Name, err))
@@ -159,10 +159,10 @@ func (s *Service) makeDisk(ctx context.Context, v *model.VM, img *model.Image, o
 	}
 	disk := s.layout.VM(v.ID).RootDisk()
 	if err := s.cfg.Storage.Create(ctx, img.RootfsPath, disk, v.DiskBytes); err != nil {
-		op.Stage("disk.create", "failed", err.Error())
+		op.Stage(StageDiskCreate, "failed", err.Error())
 		return err
 	}
-	op.Stage("disk.create", "done", fmt.Sprintf("%s, %d bytes, %s", disk, v.DiskBytes, s.cfg.Storage.Name()))
+	op.Stage(StageDiskCreate, "done", fmt.Sprintf("%s, %d bytes, %s", disk, v.DiskBytes, s.cfg.Storage.Name()))
 	return nil
 }
 

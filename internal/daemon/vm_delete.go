@@ -23,21 +23,21 @@ func (s *Service) deleteLocked(ctx context.Context, v *model.VM, op *operation) 
 		if err := s.signal(v.Runtime.PID, v.Runtime.PIDStartTime, syscall.SIGKILL); err != nil {
 			op.log.Warn("kill before delete failed", append(vmAttrs(v), "error", err)...)
 		} else {
-			op.Stage("vmm.kill", "done", fmt.Sprintf("SIGKILL sent to pid %d", v.Runtime.PID))
+			op.Stage(StageVMMKill, "done", fmt.Sprintf("SIGKILL sent to pid %d", v.Runtime.PID))
 		}
 	}
 	if err := s.teardown(ctx, v, op, ""); err != nil {
 		return err
 	}
 	if err := s.cfg.Storage.Remove(ctx, s.layout.VM(v.ID).RootDisk()); err != nil {
-		op.Stage("disk.remove", "failed", err.Error())
+		op.Stage(StageDiskRemove, "failed", err.Error())
 		return fmt.Errorf("delete vm %q: remove disk: %w", v.Name, err)
 	}
-	op.Stage("disk.remove", "done", "")
+	op.Stage(StageDiskRemove, "done", "")
 	if err := s.store.DeleteVM(ctx, v.ID); err != nil {
 		return fmt.Errorf("delete vm %q: %w", v.Name, err)
 	}
-	op.Stage("record.delete", "done", "")
+	op.Stage(StageRecordDelete, "done", "")
 	var errs []error
 	if err := removeAllIn(s.layout.VMsDir(), v.VMDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove vm dir: %w", err))

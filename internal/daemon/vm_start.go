@@ -43,13 +43,13 @@ func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
 func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
 	if s.alive(v) {
 		if v.State == model.StateRunning {
-			op.Note("vm.already-running", fmt.Sprintf("pid %d", v.Runtime.PID))
+			op.Note(StageAlreadyRunning, fmt.Sprintf("pid %d", v.Runtime.PID))
 			op.log.Info("vm already running", "pid", v.Runtime.PID)
 			return v, nil
 		}
 		// A VMM left by a start whose rollback failed, or a stop cut short:
 		// end it before starting anew, never run two on one disk.
-		op.Note("vmm.leftover", fmt.Sprintf("pid %d from an unfinished operation (state %s): cleaning up first", v.Runtime.PID, v.State))
+		op.Note(StageVMMLeftover, fmt.Sprintf("pid %d from an unfinished operation (state %s): cleaning up first", v.Runtime.PID, v.State))
 		if err := s.teardown(ctx, v, op, ""); err != nil {
 			return v, err
 		}

@@ -56,7 +56,7 @@ func (s *Service) runOp(ctx context.Context, ref, kind string, detach bool, fn f
 // it runs the stale-runtime cleanup instead and reports done.
 func (s *Service) beginStopping(ctx context.Context, v *model.VM, op *operation) (done bool, err error) {
 	if !s.alive(v) {
-		op.Note("vmm.not-running", "cleaning up what is left of the runtime")
+		op.Note(StageVMMNotRunning, "cleaning up what is left of the runtime")
 		return true, s.teardown(ctx, v, op, "")
 	}
 	v.State = model.StateStopping
@@ -74,14 +74,14 @@ func (s *Service) stopLocked(ctx context.Context, v *model.VM, op *operation, ti
 	}
 	if err != nil {
 		// Not fatal: the cleanup below ends the process.
-		op.Stage("shutdown.request", "failed", err.Error())
+		op.Stage(StageShutdownRequest, "failed", err.Error())
 	} else {
-		op.Stage("shutdown.request", "done", "ctrl-alt-del sent")
+		op.Stage(StageShutdownRequest, "done", "ctrl-alt-del sent")
 		began := time.Now()
 		if system.WaitExit(ctx, pid, st, timeout) {
-			op.Stage("shutdown.wait", "done", fmt.Sprintf("vmm exited after %s", time.Since(began).Round(time.Millisecond)))
+			op.Stage(StageShutdownWait, "done", fmt.Sprintf("vmm exited after %s", time.Since(began).Round(time.Millisecond)))
 		} else {
-			op.Note("shutdown.timeout", fmt.Sprintf("the guest did not power off within %s; the vmm will be killed", timeout))
+			op.Note(StageShutdownTimeout, fmt.Sprintf("the guest did not power off within %s; the vmm will be killed", timeout))
 		}
 	}
 	return s.teardown(ctx, v, op, "")
@@ -106,13 +106,13 @@ func (s *Service) killLocked(ctx context.Context, v *model.VM, op *operation, si
 	pid, st := v.Runtime.PID, v.Runtime.PIDStartTime
 	name := unix.SignalName(sig)
 	if err := s.signal(pid, st, sig); err != nil {
-		op.Stage("vmm.signal", "failed", err.Error())
+		op.Stage(StageVMMSignal, "failed", err.Error())
 	} else {
-		op.Stage("vmm.signal", "done", fmt.Sprintf("%s sent to pid %d", name, pid))
+		op.Stage(StageVMMSignal, "done", fmt.Sprintf("%s sent to pid %d", name, pid))
 		if system.WaitExit(ctx, pid, st, s.cfg.KillTimeout) {
-			op.Stage("vmm.exit", "done", fmt.Sprintf("pid %d exited", pid))
+			op.Stage(StageVMMExit, "done", fmt.Sprintf("pid %d exited", pid))
 		} else {
-			op.Note("kill.timeout", fmt.Sprintf("pid %d did not exit within %s of %s; it will be killed", pid, s.cfg.KillTimeout, name))
+			op.Note(StageKillTimeout, fmt.Sprintf("pid %d did not exit within %s of %s; it will be killed", pid, s.cfg.KillTimeout, name))
 		}
 	}
 	return s.teardown(ctx, v, op, "")
@@ -131,7 +131,7 @@ func (s *Service) teardown(ctx context.Context, v *model.VM, op *operation, reas
 		if err := s.killProcess(ctx, vmmProcess(v)); err != nil {
 			errs = append(errs, err)
 		} else {
-			op.Stage("vmm.kill", "done", fmt.Sprintf("pid %d killed", v.Runtime.PID))
+			op.Stage(StageVMMKill, "done", fmt.Sprintf("pid %d killed", v.Runtime.PID))
 		}
 	}
 	if err := s.cleanupCapabilities(ctx, v, op); err != nil {
@@ -148,14 +148,14 @@ func (s *Service) teardown(ctx context.Context, v *model.VM, op *operation, reas
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		op.Stage("runtime.cleanup", "failed", err.Error())
+		op.Stage(StageRuntimeCleanup, "failed", err.Error())
 		v.State, v.LastError = model.StateError, "runtime cleanup: "+err.Error()
 		if werr := s.store.UpdateVM(ctx, v); werr != nil {
 			op.log.Warn("could not record the failed cleanup", append(vmAttrs(v), "error", werr)...)
 		}
 		return fmt.Errorf("clean up vm %q: %w", v.Name, err)
 	}
-	op.Stage("runtime.cleanup", "done", "")
+	op.Stage(StageRuntimeCleanup, "done", "")
 	v.State, v.LastError, v.Runtime = model.StateStopped, reason, model.Runtime{}
 	return s.store.UpdateVM(ctx, v)
 }
