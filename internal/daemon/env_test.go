@@ -85,6 +85,15 @@ func newEnv(t *testing.T) *env {
 				t.Errorf("leak: fake vmm pid %d outlived the test", p.PID)
 			}
 		}
+		if n := svc.locks.size(); n != 0 {
+			t.Errorf("leak: %d vm locks still held or awaited", n)
+		}
+		if entries, _ := os.ReadDir(l.RuntimeDir); len(entries) != 0 {
+			t.Errorf("leak: runtime files %v", entries)
+		}
+		if entries, _ := os.ReadDir(l.VMsDir()); len(entries) != 0 {
+			t.Errorf("leak: vm dirs %v", entries)
+		}
 		st.Close()
 	})
 	return e

@@ -130,6 +130,7 @@ func TestStartFailureRecordedWhenRequestCancelled(t *testing.T) {
 func TestStartFailureWhoseRecordFailsIsLoggedAndReturned(t *testing.T) {
 	e := newEnv(t)
 	v := e.create("web")
+	t.Cleanup(func() { os.RemoveAll(v.VMDir) }) // the closed store cannot delete it
 	boom := errors.New("boot failed")
 	e.fake.OnBoot = func(context.Context, vmm.Spec) error {
 		e.st.Close() // every later write fails
