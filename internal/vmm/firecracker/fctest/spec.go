@@ -60,12 +60,19 @@ func SpecPath() (string, error) {
 		}
 		root = parent
 	}
-	p := filepath.Join(root, "..", "shared", "firecracker", SpecFile)
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("firecracker API spec %s is missing: %w (hint: it lives in ../shared/firecracker/ next to the repository, or set $%s)", p, err, EnvSpec)
+	// Next to the repository (the workplace's layout), else the workplace's
+	// own shared directory (a clone made elsewhere on the same machine).
+	candidates := []string{filepath.Join(root, "..", "shared", "firecracker", SpecFile), filepath.Join(sharedDir, "firecracker", SpecFile)}
+	for _, p := range candidates {
+		if _, err := os.Stat(p); err == nil {
+			return filepath.Clean(p), nil
+		}
 	}
-	return filepath.Clean(p), nil
+	return "", fmt.Errorf("firecracker API spec is missing: looked for %s (hint: it lives in ../shared/firecracker/ next to the repository, or set $%s)", strings.Join(candidates, " and "), EnvSpec)
 }
+
+// sharedDir is the workplace's shared reference directory.
+const sharedDir = "/work/shared"
 
 // Spec is the API specification, ready to validate requests and answers.
 type Spec struct {
