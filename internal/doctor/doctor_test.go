@@ -134,7 +134,7 @@ func TestWorldUsableSocketFails(t *testing.T) {
 func fakeBin(t *testing.T, dir, name, out string) {
 	t.Helper()
 	script := "#!/bin/sh\necho '" + out + "'\n"
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+	if err := testutil.WriteExecutable(filepath.Join(dir, name), []byte(script)); err != nil {
 		t.Fatal(err)
 	}
 }

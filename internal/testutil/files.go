@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -24,4 +25,26 @@ func FakeImageFiles(t testing.TB, dir string) (kernel, rootfs string) {
 		t.Fatal(err)
 	}
 	return kernel, rootfs
+}
+
+// WriteExecutable writes an executable file (0755) that tests then run.
+// It holds syscall.ForkLock while the file is open for writing: otherwise a
+// process forked meanwhile by another goroutine (parallel tests) inherits
+// the write descriptor until it execs, and running the file fails with
+// "text file busy" (ETXTBSY).
+func WriteExecutable(path string, data []byte) error {
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o755)
 }

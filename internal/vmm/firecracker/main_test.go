@@ -264,6 +264,12 @@ func (h *harness) liveProcesses() []int {
 
 func writeFile(t *testing.T, path string, data []byte, mode os.FileMode) {
 	t.Helper()
+	if mode&0o111 != 0 {
+		if err := testutil.WriteExecutable(path, data); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 	if err := os.WriteFile(path, data, mode); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/banger-vm/banger/internal/testutil"
 	"io"
 	"net"
 	"net/http"
@@ -118,7 +119,7 @@ func WriteFake(path, kind string, env map[string]string) error {
 		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(env[k]))
 	}
 	fmt.Fprintf(&b, "exec %s \"$@\"\n", shellQuote(self))
-	return os.WriteFile(path, []byte(b.String()), 0o755)
+	return testutil.WriteExecutable(path, []byte(b.String()))
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
