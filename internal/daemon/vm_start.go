@@ -66,7 +66,8 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	if err != nil {
 		return v, err
 	}
-	if spec.Kernel, err = kernelFor(drv.Probe(ctx), img); err != nil {
+	info := drv.Probe(ctx) // once per start: it may run the VMM binary
+	if spec.Kernel, err = kernelFor(info, img); err != nil {
 		return v, err
 	}
 	if err := drv.Validate(spec); err != nil {
@@ -82,9 +83,8 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, err
 	}
-	accel := drv.Probe(ctx).Accel
 	spec.OnSpawn = func(p vmm.Process) error {
-		v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.Accel = p.PID, p.StartTime, accel
+		v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.Accel = p.PID, p.StartTime, info.Accel
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 		defer cancel()
 		return s.store.UpdateVM(wctx, v)

@@ -111,9 +111,20 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	ims, err := s.svc.ListImages(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	names := make(map[string]string, len(ims))
+	for _, im := range ims {
+		names[im.ID] = im.Name
+	}
 	out := make([]api.VM, 0, len(vms))
 	for _, v := range vms {
-		out = append(out, s.toVM(r.Context(), v, false))
+		vm := toVM(v)
+		vm.Image = names[v.ImageID]
+		out = append(out, vm)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -204,10 +215,25 @@ func (s *server) vmResult(w http.ResponseWriter, r *http.Request, v *model.VM, e
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, status, s.toVM(r.Context(), v, true))
+	writeJSON(w, status, s.vmDetail(r.Context(), v))
 }
 
-func (s *server) toVM(ctx context.Context, v *model.VM, detail bool) api.VM {
+// vmDetail is a VM as `vm show` sees it: with its image's name, its last
+// operation and the driver features it lacks.
+func (s *server) vmDetail(ctx context.Context, v *model.VM) api.VM {
+	out := toVM(v)
+	if im, _, err := s.svc.GetImage(ctx, v.ImageID); err == nil {
+		out.Image = im.Name
+	}
+	if ops, err := s.svc.Store().ListOperations(ctx, v.ID, 1); err == nil && len(ops) == 1 {
+		op := toOp(ops[0])
+		out.LastOperation = &op
+	}
+	out.Unsupported = s.svc.Unsupported(ctx, v)
+	return out
+}
+
+func toVM(v *model.VM) api.VM {
 	out := api.VM{ID: v.ID, Name: v.Name, ImageID: v.ImageID, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
 		DiskBytes: v.DiskBytes, VMM: v.VMM, VMMReason: v.VMMReason, State: string(v.State), GuestIP: v.GuestIP, VMDir: v.VMDir,
 		LogPath: v.LogPath, LastError: v.LastError, HostKey: v.HostKey, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
@@ -216,17 +242,6 @@ func (s *server) toVM(ctx context.Context, v *model.VM, detail bool) api.VM {
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
 	}
-	if im, _, err := s.svc.GetImage(ctx, v.ImageID); err == nil {
-		out.Image = im.Name
-	}
-	if !detail {
-		return out
-	}
-	if ops, err := s.svc.Store().ListOperations(ctx, v.ID, 1); err == nil && len(ops) == 1 {
-		op := toOp(ops[0])
-		out.LastOperation = &op
-	}
-	out.Unsupported = s.svc.Unsupported(ctx, v)
 	return out
 }
 

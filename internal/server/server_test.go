@@ -168,6 +168,9 @@ func TestLifecycleOverTheAPI(t *testing.T) {
 	if v.State != "running" || v.Runtime.PID == 0 || v.Image != "default" || v.LastOperation == nil || v.LastOperation.Kind != "vm.start" {
 		t.Fatalf("create --start: %+v", v)
 	}
+	if vms, err := h.c.ListVMs(ctx); err != nil || len(vms) != 1 || vms[0].Image != "default" || vms[0].LastOperation != nil {
+		t.Fatalf("vm list (image names, no per-vm detail): %v %+v", err, vms)
+	}
 	if v.Unsupported["vsock"] == "" {
 		t.Fatal("a driver without vsock must say so in vm show")
 	}

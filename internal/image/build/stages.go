@@ -23,6 +23,7 @@ import (
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/image/initramfs"
 	"github.com/banger-vm/banger/internal/image/vmlinux"
+	"github.com/banger-vm/banger/internal/storage"
 )
 
 // KernelCmdline is the kernel command line the image needs. root= and
@@ -393,65 +394,19 @@ func hashFile(ctx context.Context, path string, progress func(int64)) (Artifact,
 	return Artifact{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 
-// moveFile renames src to dst, or copies it (keeping holes) across
-// filesystems.
+// moveFile renames src to dst, or copies it across filesystems with the
+// same sparse copy VM disks use (holes stay holes), then removes src.
 func moveFile(src, dst string) error {
 	err := os.Rename(src, dst)
 	if !errors.Is(err, syscall.EXDEV) {
 		return err
 	}
-	in, err := os.Open(src)
+	fi, err := os.Stat(src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
-	var size int64
-	for {
-		k, rerr := io.ReadFull(in, buf)
-		if k > 0 {
-			var werr error
-			if isZero(buf[:k]) {
-				_, werr = out.Seek(int64(k), io.SeekCurrent)
-			} else {
-				_, werr = out.Write(buf[:k])
-			}
-			if werr != nil {
-				err = werr
-				break
-			}
-			size += int64(k)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			err = rerr
-			break
-		}
-	}
-	if err == nil {
-		err = out.Truncate(size)
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
+	if err := (storage.SparseCopy{}).Create(context.Background(), src, dst, fi.Size()); err != nil {
 		return err
 	}
 	return os.Remove(src)
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }
