@@ -75,9 +75,14 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set(api.APIVersionHeader, api.Version)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, c.dialError(err)
+	}
+	if err := c.checkAPIVersion(resp); err != nil {
+		resp.Body.Close()
+		return nil, err
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()

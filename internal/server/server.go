@@ -33,6 +33,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	p := "/" + api.Version
 	mux.HandleFunc("GET "+p+"/info", s.info)
+	mux.HandleFunc("GET "+p+"/version", s.version)
 	mux.HandleFunc("GET "+p+"/vms", s.listVMs)
 	mux.HandleFunc("POST "+p+"/vms", s.createVM)
 	mux.HandleFunc("GET "+p+"/vms/{ref}", s.getVM)
@@ -52,7 +53,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no API route %s %s (hint: client and daemon versions may differ)", r.Method, r.URL.Path))
 	})
-	return mux
+	return checkAPIVersion(mux)
 }
 
 // StatusOf maps an error class to an HTTP status.
