@@ -47,7 +47,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the banger daemon (as root): it owns all VMs and host resources",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDaemon(cmd.Context(), g, o)
 		},

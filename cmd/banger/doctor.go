@@ -20,7 +20,7 @@ func newDoctorCommand(g *globals) *cobra.Command {
 		Short: "Check what banger needs from this host, with a fix for each problem",
 		Long: "Checks KVM, the VMM binaries, image-building tools, networking and the daemon's socket,\n" +
 			"and says which driver `auto` picks and why. Exits 5 when no VM can run here.",
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r := doctor.Run(cmd.Context(), doctor.Options{Layout: g.layout, Drivers: doctorDrivers(g.layout), Bridge: bridge})
 			if err := renderDoctor(cmd.OutOrStdout(), g.output, r); err != nil {

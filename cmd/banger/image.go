@@ -18,9 +18,10 @@ func newImageCommand(g *globals) *cobra.Command {
 func newImageImport(g *globals) *cobra.Command {
 	var req api.ImportImageRequest
 	cmd := &cobra.Command{
-		Use:   "import NAME --kernel FILE [--initrd FILE] --rootfs FILE",
-		Short: "Import a kernel, optional initramfs and ext4 root filesystem as an image",
-		Args:  cobra.ExactArgs(1),
+		Use:               "import NAME --kernel FILE [--initrd FILE] --rootfs FILE",
+		Short:             "Import a kernel, optional initramfs and ext4 root filesystem as an image",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: noCompletion,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
 			for _, p := range []*string{&req.Kernel, &req.Initrd, &req.Rootfs} {
@@ -51,27 +52,37 @@ func newImageImport(g *globals) *cobra.Command {
 }
 
 func newImageList(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var quiet bool
+	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List images",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ims, err := g.client().ListImages(cmd.Context())
 			if err != nil {
 				return err
 			}
+			if quiet {
+				for _, im := range ims {
+					fmt.Fprintln(cmd.OutOrStdout(), im.ID)
+				}
+				return nil
+			}
 			return renderImages(cmd.OutOrStdout(), g.output, ims)
 		},
 	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only ids")
+	return cmd
 }
 
 func newImageShow(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "show NAME",
-		Aliases: []string{"inspect"},
-		Short:   "Show an image, its manifest and the VMs using it",
-		Args:    cobra.ExactArgs(1),
+		Use:               "show NAME",
+		Aliases:           []string{"inspect"},
+		Short:             "Show an image, its manifest and the VMs using it (-o json: every package)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeImages(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			im, err := g.client().GetImage(cmd.Context(), args[0])
 			if err != nil {
@@ -84,10 +95,11 @@ func newImageShow(g *globals) *cobra.Command {
 
 func newImageDelete(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "delete NAME",
-		Aliases: []string{"rm"},
-		Short:   "Delete an image no VM uses",
-		Args:    cobra.ExactArgs(1),
+		Use:               "delete NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Delete an image no VM uses",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeImages(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.client().DeleteImage(cmd.Context(), args[0]); err != nil {
 				return err
@@ -105,9 +117,10 @@ func newImageBuild(g *globals) *cobra.Command {
 		packages []string
 	)
 	cmd := &cobra.Command{
-		Use:   "build [NAME]",
-		Short: "Build a Debian image (default: the default image VMs use when --image is not given)",
-		Args:  cobra.MaximumNArgs(1),
+		Use:               "build [NAME]",
+		Short:             "Build a Debian image (default: the default image VMs use when --image is not given)",
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: noCompletion,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				req.Name = args[0]

@@ -68,6 +68,7 @@ func (g *globals) client() *client.Client { return client.New(g.layout.ControlSo
 
 func newRoot() *cobra.Command {
 	g := &globals{layout: layout.FromEnv()}
+	var showVersion bool
 	root := &cobra.Command{
 		Use:           "banger",
 		Short:         "Firecracker and QEMU microVMs, as quick to use as containers",
@@ -83,15 +84,24 @@ func newRoot() *cobra.Command {
 			g.layout, err = g.layout.Abs()
 			return err
 		},
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if showVersion {
+				if len(args) > 0 {
+					return errdefs.InvalidArgument("--version takes no arguments, got %q", args)
+				}
+				return runVersion(cmd, g)
+			}
+			return runGroup(cmd, args)
+		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.layout.StateDir, "state-dir", g.layout.StateDir, "state directory (env "+layout.EnvStateDir+")")
 	pf.StringVar(&g.layout.RuntimeDir, "runtime-dir", g.layout.RuntimeDir, "runtime directory holding the control socket (env "+layout.EnvRuntimeDir+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return errdefs.InvalidArgument("%v", err)
-	})
-	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g))
+	root.Flags().BoolVar(&showVersion, "version", false, "print the versions of this CLI and of the daemon (as `banger version`)")
+	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g), newVersionCommand(g))
+	applyConventions(root)
 	return root
 }
 

@@ -24,6 +24,8 @@ func newVMRun(g *globals) *cobra.Command {
 		Short: "Create and start a VM, wait until SSH answers, then run CMD or open a shell",
 		Long: "Create and start a VM, wait until SSH answers, then run CMD (or open a shell).\n" +
 			"With --rm the VM is deleted afterwards, whatever happened. The exit code is CMD's.",
+		Args:              cobra.ArbitraryArgs, // NAME and CMD are told apart by -- in RunE
+		ValidArgsFunction: noCompletion,
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			argv := args
 			if n := cmd.ArgsLenAtDash(); n >= 0 {
@@ -98,7 +100,7 @@ func newVMRun(g *globals) *cobra.Command {
 			return runInVM(ctx, g, v.ID, argv, true)
 		},
 	}
-	addCreateFlags(cmd, &req, &memory, nil)
+	addCreateFlags(g, cmd, &req, &memory, nil)
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when CMD or the shell ends")
 	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", defaultWaitTimeout, "how long to wait for SSH")
 	return cmd

@@ -96,9 +96,10 @@ func runInVM(ctx context.Context, g *globals, ref string, argv []string, interac
 
 func newVMSSH(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "ssh NAME [-- CMD...]",
-		Short: "Open a shell on a VM, or run a command there (host keys pinned, never ignored)",
-		Args:  cobra.MinimumNArgs(1),
+		Use:               "ssh NAME [-- CMD...]",
+		Short:             "Open a shell on a VM, or run a command there (host keys pinned, never ignored)",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runInVM(cmd.Context(), g, args[0], args[1:], true)
 		},
@@ -107,8 +108,9 @@ func newVMSSH(g *globals) *cobra.Command {
 
 func newVMExec(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "exec NAME -- CMD...",
-		Short: "Run a command on a VM: stdout and stderr kept apart, its exit code returned",
+		Use:               "exec NAME -- CMD...",
+		Short:             "Run a command on a VM: stdout and stderr kept apart, its exit code returned",
+		ValidArgsFunction: completeVMs(g, 1),
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 {
 				return errdefs.InvalidArgument("exec needs a VM and a command (hint: banger vm exec NAME -- uname -a)")

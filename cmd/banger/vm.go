@@ -28,9 +28,10 @@ func newVMCreate(g *globals) *cobra.Command {
 		quiet        bool
 	)
 	cmd := &cobra.Command{
-		Use:   "create NAME",
-		Short: "Create a VM (stopped, unless --start)",
-		Args:  cobra.ExactArgs(1),
+		Use:               "create NAME",
+		Short:             "Create a VM (stopped, unless --start)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: noCompletion,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
 			if err := applyCreateFlags(cmd, &req, memory, disk); err != nil {
@@ -47,16 +48,18 @@ func newVMCreate(g *globals) *cobra.Command {
 			return renderVM(cmd.OutOrStdout(), g.output, v)
 		},
 	}
-	addCreateFlags(cmd, &req, &memory, &disk)
+	addCreateFlags(g, cmd, &req, &memory, &disk)
 	cmd.Flags().BoolVar(&req.Start, "start", false, "start the VM once created")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's id")
 	return cmd
 }
 
 // addCreateFlags declares the flags create and run share; disk may be nil.
-func addCreateFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk *string) {
+func addCreateFlags(g *globals, cmd *cobra.Command, req *api.CreateVMRequest, memory, disk *string) {
 	f := cmd.Flags()
 	f.StringVar(&req.Image, "image", "", "image name or id (default: the default image)")
+	_ = cmd.RegisterFlagCompletionFunc("image", completeImages(g, 0))
+	_ = cmd.RegisterFlagCompletionFunc("vmm", cobra.FixedCompletions([]cobra.Completion{"auto", "firecracker", "qemu"}, cobra.ShellCompDirectiveNoFileComp))
 	f.IntVar(&req.VCPUs, "cpus", 0, "virtual CPUs (default 2)")
 	f.StringVar(memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
 	if disk != nil {
@@ -117,25 +120,42 @@ func eachRef(cmd *cobra.Command, refs []string, fn func(ref string) error) error
 	return first
 }
 
-// vmAction is the shape of start, stop, restart and kill.
+// vmAction is the shape of start, stop, restart and kill (and of any
+// command acting on VMs named on the command line: it completes their
+// names). With one NAME it prints the VM; with several, their names, or
+// with -o json an array of the VMs it acted on.
 func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref string) (api.VM, error)) *cobra.Command {
 	var quiet bool
 	cmd := &cobra.Command{
-		Use:   use + " NAME...",
-		Short: short,
-		Args:  cobra.MinimumNArgs(1),
+		Use:               use + " NAME...",
+		Short:             short,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeVMs(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return eachRef(cmd, args, func(ref string) error {
+			var done []api.VM
+			err := eachRef(cmd, args, func(ref string) error {
 				v, err := do(cmd, ref)
 				if err != nil {
 					return err
 				}
-				if quiet || len(args) > 1 {
+				switch {
+				case quiet:
 					fmt.Fprintln(cmd.OutOrStdout(), v.Name)
-					return nil
+				case len(args) == 1:
+					return renderVM(cmd.OutOrStdout(), g.output, v)
+				case g.output == "json":
+					done = append(done, v)
+				default:
+					fmt.Fprintln(cmd.OutOrStdout(), v.Name)
 				}
-				return renderVM(cmd.OutOrStdout(), g.output, v)
+				return nil
 			})
+			if done != nil {
+				if jerr := writeJSON(cmd.OutOrStdout(), done); jerr != nil && err == nil {
+					err = jerr
+				}
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's name")
@@ -191,10 +211,11 @@ func newVMKill(g *globals) *cobra.Command {
 
 func newVMDelete(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "delete NAME...",
-		Aliases: []string{"rm"},
-		Short:   "Delete VMs: stop them if they run, remove their disks and records",
-		Args:    cobra.MinimumNArgs(1),
+		Use:               "delete NAME...",
+		Aliases:           []string{"rm"},
+		Short:             "Delete VMs: stop them if they run, remove their disks and records",
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeVMs(g, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachRef(cmd, args, func(ref string) error {
 				if err := g.client().DeleteVM(cmd.Context(), ref); err != nil {
@@ -213,7 +234,7 @@ func newVMList(g *globals) *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List VMs",
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			vms, err := g.client().ListVMs(cmd.Context())
 			if err != nil {
@@ -234,10 +255,11 @@ func newVMList(g *globals) *cobra.Command {
 
 func newVMShow(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:     "show NAME",
-		Aliases: []string{"inspect"},
-		Short:   "Show a VM, with its last operation",
-		Args:    cobra.ExactArgs(1),
+		Use:               "show NAME",
+		Aliases:           []string{"inspect"},
+		Short:             "Show a VM, with its last operation",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := g.client().GetVM(cmd.Context(), args[0])
 			if err != nil {
@@ -249,29 +271,44 @@ func newVMShow(g *globals) *cobra.Command {
 }
 
 func newVMOps(g *globals) *cobra.Command {
-	var limit int
+	var (
+		limit int
+		quiet bool
+	)
 	cmd := &cobra.Command{
-		Use:   "ops NAME",
-		Short: "List a VM's operations, newest first, with their stages",
-		Args:  cobra.ExactArgs(1),
+		Use:               "ops NAME",
+		Short:             "List a VM's operations, newest first, with their stages",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return errdefs.InvalidArgument("--limit %d is negative", limit)
+			}
 			ops, err := g.client().Operations(cmd.Context(), args[0], limit)
 			if err != nil {
 				return err
+			}
+			if quiet {
+				for _, op := range ops {
+					fmt.Fprintln(cmd.OutOrStdout(), op.ID)
+				}
+				return nil
 			}
 			return renderOps(cmd.OutOrStdout(), g.output, ops)
 		},
 	}
 	cmd.Flags().IntVarP(&limit, "limit", "n", 0, "show only the newest N operations")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the operations' ids")
 	return cmd
 }
 
 func newVMLogs(g *globals) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "logs NAME",
-		Short: "Print a VM's console and VMM log",
-		Args:  cobra.ExactArgs(1),
+		Use:               "logs NAME",
+		Short:             "Print a VM's console and VMM log",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client().Logs(cmd.Context(), args[0], follow, os.Stdout)
 		},

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/errdefs"
+)
+
+// commands lists every command path of the CLI's tree ("vm start"...),
+// hidden ones (cobra's __complete) left out.
+func commands(t *testing.T) map[string]*cobra.Command {
+	t.Helper()
+	out := map[string]*cobra.Command{}
+	walk(newRoot(), func(c *cobra.Command) {
+		if c.Hidden {
+			return
+		}
+		out[strings.TrimPrefix(strings.TrimPrefix(c.CommandPath(), "banger"), " ")] = c
+	})
+	if len(out) < 20 {
+		t.Fatalf("only %d commands in the tree", len(out))
+	}
+	return out
+}
+
+// Every command group, the root included, refuses a word that names none
+// of its subcommands; every command refuses an unknown flag. Both exit 2
+// and say what was wrong, before any daemon is asked (there is none).
+func TestEveryCommandRefusesUnknownSubcommandsAndFlags(t *testing.T) {
+	for path, c := range commands(t) {
+		base := strings.Fields(path)
+		if c.HasSubCommands() {
+			args := append(append([]string{}, base...), "frobnicate", "x")
+			out, err := run(t, args...)
+			if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), `unknown command "frobnicate"`) ||
+				!strings.Contains(err.Error(), strings.TrimSpace("banger "+path)) {
+				t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), exitCode(err), err)
+			}
+			if out != "" {
+				t.Errorf("banger %s printed %q", strings.Join(args, " "), out)
+			}
+		}
+		args := append(append([]string{}, base...), "--no-such-flag")
+		if _, err := run(t, args...); exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), "--no-such-flag") {
+			t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), exitCode(err), err)
+		}
+	}
+}
+
+// Commands taking no argument refuse one; those taking a fixed number
+// refuse a missing one and an extra one; the message names the usage.
+func TestArgumentCountsAreUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"vm", "list", "extra"}, {"image", "list", "extra"}, {"doctor", "extra"}, {"version", "extra"}, {"daemon", "extra"},
+		{"vm", "create"}, {"vm", "create", "a", "b"}, {"vm", "show"}, {"vm", "show", "a", "b"}, {"vm", "start"},
+		{"vm", "stop"}, {"vm", "delete"}, {"vm", "logs"}, {"vm", "ops"}, {"vm", "ssh"}, {"vm", "exec", "a"},
+		{"vm", "cp", "a"}, {"image", "show"}, {"image", "delete"}, {"image", "import"}, {"image", "build", "a", "b"},
+		{"image", "import", "x"}, // required --kernel and --rootfs
+		{"completion", "bash", "extra"}, {"--version", "extra"},
+	} {
+		_, err := run(t, args...)
+		if exitCode(err) != exitInvalidArgument {
+			t.Errorf("banger %s: exit %d (%v), want %d", strings.Join(args, " "), exitCode(err), err, exitInvalidArgument)
+			continue
+		}
+		if !strings.Contains(err.Error(), "usage:") && !strings.Contains(err.Error(), "hint:") && args[0] != "--version" {
+			t.Errorf("banger %s: %v names no usage", strings.Join(args, " "), err)
+		}
+	}
+}
+
+func TestUnknownSubcommandNamesTheClosest(t *testing.T) {
+	for args, want := range map[string]string{
+		"vm lst":        "did you mean 'banger vm list'?",
+		"vm strat web":  "did you mean 'banger vm start'?",
+		"image biuld":   "did you mean 'banger image build'?",
+		"imgae list":    "did you mean 'banger image'?",
+		"vm fork w1 f1": "see 'banger vm --help'",
+		"help vm lst":   "did you mean 'banger vm list'?",
+	} {
+		_, err := run(t, strings.Fields(args)...)
+		if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), want) {
+			t.Errorf("banger %s: exit %d, %v; want %q", args, exitCode(err), err, want)
+		}
+	}
+}
+
+func TestGroupAloneAndHelpPrintHelp(t *testing.T) {
+	for _, args := range [][]string{{"vm"}, {"image"}, {}, {"help", "vm"}, {"vm", "--help"}} {
+		out, err := run(t, args...)
+		if err != nil || !strings.Contains(out, "Available Commands:") {
+			t.Errorf("banger %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// readmeExitCodes parses the README's exit-code table: rows
+// "| CODE | meaning | `class`, ... |".
+func readmeExitCodes(t *testing.T) map[errdefs.Class]int {
+	t.Helper()
+	f, err := os.Open("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	row := regexp.MustCompile("^\\|\\s*(\\d+)\\s*\\|[^|]*\\|([^|]*)\\|\\s*$")
+	class := regexp.MustCompile("`([a-z_]+)`")
+	out := map[errdefs.Class]int{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m := row.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		code, _ := strconv.Atoi(m[1])
+		for _, c := range class.FindAllStringSubmatch(m[2], -1) {
+			if _, dup := out[errdefs.Class(c[1])]; dup {
+				t.Fatalf("README names class %s twice", c[1])
+			}
+			out[errdefs.Class(c[1])] = code
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no exit-code table in README.md")
+	}
+	return out
+}
+
+// The README's exit-code table is what the CLI does, class by class.
+func TestExitCodesMatchTheREADME(t *testing.T) {
+	table := readmeExitCodes(t)
+	all := []errdefs.Class{errdefs.ClassInternal, errdefs.ClassInvalidArgument, errdefs.ClassNotFound, errdefs.ClassAlreadyExists,
+		errdefs.ClassConflict, errdefs.ClassFailedPrecondition, errdefs.ClassUnavailable, errdefs.ClassNotSupported}
+	for _, c := range all {
+		want, ok := table[c]
+		if !ok {
+			t.Errorf("README's exit-code table lacks class %s", c)
+			continue
+		}
+		if got := exitCode(errdefs.New(c, "x")); got != want {
+			t.Errorf("class %s exits %d, README says %d", c, got, want)
+		}
+	}
+	if len(table) != len(all) {
+		t.Errorf("README's table has classes %v, errdefs has %v", table, all)
+	}
+}
