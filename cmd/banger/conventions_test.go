@@ -2,6 +2,9 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -10,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -150,5 +154,47 @@ func TestExitCodesMatchTheREADME(t *testing.T) {
 	}
 	if len(table) != len(all) {
 		t.Errorf("README's table has classes %v, errdefs has %v", table, all)
+	}
+}
+
+// With several NAMEs, -o json prints one array of the VMs acted on; a
+// failure is reported on stderr and sets the exit code.
+func TestVMActionJSONForSeveralVMs(t *testing.T) {
+	dir := t.TempDir()
+	startFakeDaemon(t, dir, func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("ref") == "ghost" {
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(api.ErrorResponse{Error: api.Error{Class: "not_found", Message: `vm "ghost" not found`}})
+			return
+		}
+		json.NewEncoder(w).Encode(api.VM{Name: r.PathValue("ref"), State: "running"})
+	})
+	exec := func(args ...string) (string, string, error) {
+		root := newRoot()
+		var out, errb bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&errb)
+		root.SetArgs(append([]string{"--runtime-dir", dir}, args...))
+		err := root.Execute()
+		return out.String(), errb.String(), err
+	}
+	out, _, err := exec("vm", "start", "a", "b", "-o", "json")
+	var vms []api.VM
+	if err != nil || json.Unmarshal([]byte(out), &vms) != nil || len(vms) != 2 || vms[1].Name != "b" {
+		t.Fatalf("two vms: %v %q", err, out)
+	}
+	out, _, err = exec("vm", "start", "a", "-o", "json")
+	var one api.VM
+	if err != nil || json.Unmarshal([]byte(out), &one) != nil || one.Name != "a" {
+		t.Fatalf("one vm: %v %q", err, out)
+	}
+	out, stderr, err := exec("vm", "start", "a", "ghost", "-o", "json")
+	vms = nil
+	if exitCode(err) != exitNotFound || json.Unmarshal([]byte(out), &vms) != nil || len(vms) != 1 || !strings.Contains(stderr, `banger: ghost: vm "ghost" not found`) {
+		t.Fatalf("with a failure: exit %d %q %q", exitCode(err), out, stderr)
+	}
+	out, _, err = exec("vm", "start", "a", "b", "-q")
+	if err != nil || out != "a\nb\n" {
+		t.Fatalf("-q: %v %q", err, out)
 	}
 }
