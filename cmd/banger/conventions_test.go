@@ -82,12 +82,12 @@ func TestArgumentCountsAreUsageErrors(t *testing.T) {
 
 func TestUnknownSubcommandNamesTheClosest(t *testing.T) {
 	for args, want := range map[string]string{
-		"vm lst":        "did you mean 'banger vm list'?",
-		"vm strat web":  "did you mean 'banger vm start'?",
-		"image biuld":   "did you mean 'banger image build'?",
-		"imgae list":    "did you mean 'banger image'?",
-		"vm fork w1 f1": "see 'banger vm --help'",
-		"help vm lst":   "did you mean 'banger vm list'?",
+		"vm lst":              "did you mean 'banger vm list'?",
+		"vm strat web":        "did you mean 'banger vm start'?",
+		"image biuld":         "did you mean 'banger image build'?",
+		"imgae list":          "did you mean 'banger image'?",
+		"vm frobnicate w1 f1": "see 'banger vm --help'",
+		"help vm lst":         "did you mean 'banger vm list'?",
 	} {
 		_, err := run(t, strings.Fields(args)...)
 		if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), want) {
