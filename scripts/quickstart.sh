@@ -12,7 +12,8 @@ install_host_deps
 find_go
 
 echo "== build and install banger to /usr/local/bin" >&2
-CGO_ENABLED=0 go build -trimpath -o /usr/local/bin/banger ./cmd/banger
+commit=$(git rev-parse HEAD 2>/dev/null || true)
+CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/banger-vm/banger/internal/version.commit=${commit}" -o /usr/local/bin/banger ./cmd/banger
 
 state_dir=${BANGER_STATE_DIR:-/var/lib/banger}
 mkdir -p "$state_dir"

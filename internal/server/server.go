@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/banger-vm/banger/internal/version"
 	"io"
 	"log/slog"
 	"net"
@@ -18,9 +19,6 @@ import (
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/model"
 )
-
-// Version is reported by GET /v1/info; the build sets it.
-var Version = "dev"
 
 type server struct {
 	svc *daemon.Service
@@ -98,7 +96,7 @@ func decode(r *http.Request, v any) error {
 
 func (s *server) info(w http.ResponseWriter, r *http.Request) {
 	l := s.svc.Layout()
-	out := api.Info{Version: Version, StateDir: l.StateDir, RuntimeDir: l.RuntimeDir, DefaultVMM: s.svc.DefaultVMM()}
+	out := api.Info{Version: version.Get().Version, StateDir: l.StateDir, RuntimeDir: l.RuntimeDir, DefaultVMM: s.svc.DefaultVMM()}
 	for _, d := range s.svc.Drivers(r.Context()) {
 		out.Drivers = append(out.Drivers, api.Driver{Kind: d.Kind, Available: d.Available, Reason: d.Reason,
 			Binary: d.Binary, Version: d.Version, Accel: d.Accel, Features: map[string]bool{"vsock": d.Features.Vsock}})
