@@ -91,7 +91,7 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errdefs.InvalidArgument("%v", err)
 	})
-	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g))
+	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g), newLogPipeCommand())
 	return root
 }
 
