@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/user"
@@ -183,16 +181,10 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{
-		Handler:           server.Handler(svc, log),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		// Requests run on the daemon's context: SIGTERM cancels them (a
-		// build stops and cleans up, a start rolls back; stop, kill and
-		// delete are detached and finish) before the store closes.
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		ConnContext: server.ConnContext,
-	}
+	// Requests run on the daemon's context: SIGTERM cancels them (a build
+	// stops and cleans up, a start rolls back; stop, kill and delete are
+	// detached and finish) before the store closes.
+	srv := server.NewHTTPServer(ctx, server.Handler(svc, log), log, server.DefaultLimits)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("daemon ready", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
