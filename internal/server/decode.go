@@ -42,6 +42,9 @@ func decode(r *http.Request, v any) error {
 		return errdefs.InvalidArgument("malformed request body: not valid UTF-8")
 	}
 	if err := checkJSON(body, reflect.TypeOf(v)); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return errdefs.InvalidArgument("malformed request body: the JSON ends before the object does")
+		}
 		return errdefs.InvalidArgument("malformed request body: %v", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

@@ -80,16 +80,16 @@ type Limits struct {
 	Header      time.Duration // to send the request line and headers
 	Body        time.Duration // to send the body, once the headers are in
 	Idle        time.Duration // a kept-alive connection between requests
-	MaxHalfOpen int           // connections still sending their first headers
+	MaxHalfOpen int           // connections still sending their first request; beyond, the oldest is closed
 }
 
 // DefaultLimits are the daemon's.
-var DefaultLimits = Limits{Header: 10 * time.Second, Body: 30 * time.Second, Idle: 2 * time.Minute, MaxHalfOpen: 128}
+var DefaultLimits = Limits{Header: 10 * time.Second, Body: 10 * time.Second, Idle: 2 * time.Minute, MaxHalfOpen: 256}
 
 // NewHTTPServer serves h with the limits lim. Requests run on ctx (a
 // daemon's SIGTERM cancels them); log gets the server's own errors.
 func NewHTTPServer(ctx context.Context, h http.Handler, log *slog.Logger, lim Limits) *http.Server {
-	ho := &halfOpen{max: lim.MaxHalfOpen, conns: map[net.Conn]bool{}, log: log}
+	ho := &halfOpen{max: lim.MaxHalfOpen, conns: map[net.Conn]uint64{}, log: log}
 	return &http.Server{
 		Handler:           WithBodyTimeout(h, lim.Body),
 		ReadHeaderTimeout: lim.Header,
@@ -102,28 +102,41 @@ func NewHTTPServer(ctx context.Context, h http.Handler, log *slog.Logger, lim Li
 	}
 }
 
-// halfOpen closes new connections beyond max while max others have not
-// yet sent a full request: a slow client cannot exhaust the daemon's
-// file descriptors, and each half-open one is closed by the header timeout.
+// halfOpen keeps at most max connections that have not yet sent a whole
+// request: beyond that the oldest is closed. A slow client cannot exhaust
+// the daemon's file descriptors, and a client that sends its request at
+// once is still served while one holds many half-open connections (each
+// is also closed by the header timeout).
 type halfOpen struct {
 	mu    sync.Mutex
 	max   int
-	conns map[net.Conn]bool
+	seq   uint64
+	conns map[net.Conn]uint64 // connection to its arrival order
 	log   *slog.Logger
+	cut   uint64 // closed for being the oldest, since the last warning
 }
 
 func (h *halfOpen) track(c net.Conn, st http.ConnState) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch st {
-	case http.StateNew:
-		if h.max > 0 && len(h.conns) >= h.max {
-			h.log.Warn("refusing a connection: too many half-open ones", "max", h.max)
-			c.Close()
-			return
-		}
-		h.conns[c] = true
-	default:
+	if st != http.StateNew {
 		delete(h.conns, c)
+		return
 	}
+	if h.max > 0 && len(h.conns) >= h.max {
+		var oldest net.Conn
+		var first uint64
+		for oc, n := range h.conns {
+			if oldest == nil || n < first {
+				oldest, first = oc, n
+			}
+		}
+		delete(h.conns, oldest)
+		oldest.Close()
+		if h.cut++; h.cut == 1 || h.cut%1000 == 0 {
+			h.log.Warn("closing the oldest half-open connections: too many clients are slow to send their requests", "max", h.max, "closed", h.cut)
+		}
+	}
+	h.seq++
+	h.conns[c] = h.seq
 }
