@@ -152,33 +152,68 @@ func (w *Writer) Close() error {
 	return err
 }
 
-// OpenReader reads the whole log at path: its rotated half (path.1), if
-// any, then the current one. `vm logs` uses it to show the latest output.
+// OpenReader reads the log at path as one stream: its rotated half
+// (path.1), if any, then the current file. At the end it returns io.EOF;
+// read again later to follow it (`vm logs -f`): when the writer has
+// rotated meanwhile, the reader finishes the old file and moves on to the
+// new one.
 func OpenReader(path string) (io.ReadCloser, error) {
 	cur, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
+	r := &reader{path: path, cur: cur}
 	old, err := os.Open(Rotated(path))
-	if errors.Is(err, os.ErrNotExist) {
-		return cur, nil
-	}
-	if err != nil {
+	switch {
+	case err == nil:
+		r.old = old
+	case !errors.Is(err, os.ErrNotExist):
 		cur.Close()
 		return nil, err
 	}
-	return &pair{Reader: io.MultiReader(old, cur), files: []*os.File{old, cur}}, nil
+	return r, nil
 }
 
-type pair struct {
-	io.Reader
-	files []*os.File
+type reader struct {
+	path string
+	old  *os.File // the rotated half, read first; nil once read
+	cur  *os.File
 }
 
-func (p *pair) Close() error {
-	var errs []error
-	for _, f := range p.files {
-		errs = append(errs, f.Close())
+func (r *reader) Read(p []byte) (int, error) {
+	if r.old != nil {
+		n, err := r.old.Read(p)
+		if n > 0 || !errors.Is(err, io.EOF) {
+			return n, err
+		}
+		r.old.Close()
+		r.old = nil
 	}
-	return errors.Join(errs...)
+	n, err := r.cur.Read(p)
+	if n > 0 || !errors.Is(err, io.EOF) {
+		return n, err
+	}
+	// At the end: if the writer rotated, cur is now path.1, read to its
+	// end; carry on with the new file.
+	next, oerr := os.Open(r.path)
+	if oerr != nil {
+		return 0, io.EOF
+	}
+	a, aerr := r.cur.Stat()
+	b, berr := next.Stat()
+	if aerr != nil || berr != nil || os.SameFile(a, b) {
+		next.Close()
+		return 0, io.EOF
+	}
+	r.cur.Close()
+	r.cur = next
+	return r.cur.Read(p)
+}
+
+func (r *reader) Close() error {
+	var errs []error
+	if r.old != nil {
+		errs = append(errs, r.old.Close())
+	}
+	return errors.Join(append(errs, r.cur.Close())...)
 }

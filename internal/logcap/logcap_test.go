@@ -345,3 +345,44 @@ func tail(s string, n int) string {
 	}
 	return s[len(s)-n:]
 }
+
+func TestReaderFollowsRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.log")
+	w, err := Open(path, 8<<10) // 4 KiB halves
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fmt.Fprintln(w, "first")
+	r, err := OpenReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var got bytes.Buffer
+	drain := func() {
+		if _, err := io.Copy(&got, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain()
+	// Rotate once (the reader is at the end of what became vm.log.1),
+	// then write past it: a follower sees every line, in order.
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(w, "line %02d %s\n", i, strings.Repeat("z", 50))
+		if i%30 == 0 {
+			drain()
+		}
+	}
+	fmt.Fprintln(w, "last")
+	drain()
+	lines := strings.Split(strings.TrimSuffix(got.String(), "\n"), "\n")
+	if lines[0] != "first" || lines[len(lines)-1] != "last" || len(lines) != 102 {
+		t.Fatalf("followed %d lines, first %q, last %q", len(lines), lines[0], lines[len(lines)-1])
+	}
+	for i, l := range lines[1:101] {
+		if !strings.HasPrefix(l, fmt.Sprintf("line %02d ", i)) {
+			t.Fatalf("line %d is %q", i, l)
+		}
+	}
+}
