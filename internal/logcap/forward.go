@@ -62,7 +62,7 @@ func SpawnForwarder(cfg ForwarderConfig) (*os.File, int, error) {
 	// Best effort: a smaller pipe works, it only absorbs shorter bursts.
 	_, _ = unix.FcntlInt(wr.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 	cmd := exec.Command(exe, ForwarderCommand, "--cap", strconv.FormatInt(cfg.Cap, 10), cfg.Path)
-	cmd.Args[0] = "banger"
+	cmd.Args[0] = "banger-logpipe" // its name in ps; distinct from the daemon and the CLI
 	cmd.Stdin = r
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
