@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -384,5 +385,35 @@ func TestReaderFollowsRotation(t *testing.T) {
 		if !strings.HasPrefix(l, fmt.Sprintf("line %02d ", i)) {
 			t.Fatalf("line %d is %q", i, l)
 		}
+	}
+}
+
+// TestForwarderAsAVMMsOutput wires a forwarder as vmm.Spawn will: a child
+// process in its own session with the pipe as stdout and stderr, the
+// parent's copy closed after the start.
+func TestForwarderAsAVMMsOutput(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.log")
+	const limit = 1 << 20
+	out, pid, err := SpawnForwarder(ForwarderConfig{Path: path, Cap: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	cmd := exec.Command("sh", "-c", "yes 'console output' | head -n 1000000; echo 'vmm exiting' >&2")
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out.Close() // the VMM holds its own copy
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	if s := logSize(t, path); s > limit {
+		t.Fatalf("log takes %d bytes, cap %d", s, limit)
+	}
+	if got := readAll(t, path); !strings.HasSuffix(got, "console output\nvmm exiting\n") {
+		t.Fatalf("log ends %q", tail(got, 100))
 	}
 }
