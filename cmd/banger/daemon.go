@@ -298,6 +298,10 @@ func lockStateDir(l layout.Layout) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := f.Chmod(0o600); err != nil { // whatever the umask or an older file said
+		f.Close()
+		return nil, err
+	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		return nil, errdefs.Conflict("another banger daemon owns %s (hint: stop it, or use another --state-dir)", dir)
