@@ -64,6 +64,7 @@ func SpawnForwarder(cfg ForwarderConfig) (*os.File, int, error) {
 	cmd := exec.Command(exe, ForwarderCommand, "--cap", strconv.FormatInt(cfg.Cap, 10), cfg.Path)
 	cmd.Args[0] = "banger-logpipe" // its name in ps; distinct from the daemon and the CLI
 	cmd.Stdin = r
+	cmd.Dir = "/" // pin no directory of the daemon's
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		wr.Close()
