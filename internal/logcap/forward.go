@@ -65,6 +65,8 @@ func SpawnForwarder(cfg ForwarderConfig) (*os.File, int, error) {
 	cmd.Args[0] = "banger-logpipe" // its name in ps; distinct from the daemon and the CLI
 	cmd.Stdin = r
 	cmd.Dir = "/" // pin no directory of the daemon's
+	// One reader, one writer: a single P keeps its threads and memory low.
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		wr.Close()
