@@ -20,20 +20,14 @@ mkdir -p "$state_dir"
 if ! banger vm list >/dev/null 2>&1; then
   echo "== start the daemon" >&2
   if [ -d /run/systemd/system ]; then
-    cat >/etc/systemd/system/banger.service <<UNIT
-[Unit]
-Description=banger microVM daemon
-After=network-online.target
-
-[Service]
-ExecStart=/usr/local/bin/banger daemon
-# VMs outlive the daemon: stop only the daemon's own process.
-KillMode=process
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-UNIT
+    # The unit runs `banger daemon` with its settings from the config file.
+    if [ -n "${BANGER_STATE_DIR:-}" ] && [ ! -e /etc/banger/config.toml ]; then
+      case $state_dir in *'"'*|*'\'*) echo "BANGER_STATE_DIR must not contain quotes or backslashes" >&2; exit 2 ;; esac
+      install -d -m 0755 /etc/banger
+      printf 'state-dir = "%s"\n' "$state_dir" >/etc/banger/config.toml
+      chmod 0644 /etc/banger/config.toml
+    fi
+    install -m 0644 packaging/banger.service /etc/systemd/system/banger.service
     systemctl daemon-reload
     systemctl enable --now banger.service
   else

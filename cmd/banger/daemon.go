@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/user"
@@ -19,9 +18,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/guest"
 	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/server"
 	"github.com/banger-vm/banger/internal/store"
@@ -40,7 +41,16 @@ type daemonOptions struct {
 	guestCIDR       string
 	defaultVMM      string
 	gracefulTimeout time.Duration
+	configPath      string
+	logCap          string // the daemon's own --log-file
+	vmLogCap        string // each VM's console and VMM output
 }
+
+// Default log caps: a VM's log (vm.log + vm.log.1) and the daemon's own.
+const (
+	defaultVMLogCap     = "16MiB"
+	defaultDaemonLogCap = "64MiB"
+)
 
 func newDaemonCommand(g *globals) *cobra.Command {
 	o := daemonOptions{}
@@ -49,12 +59,18 @@ func newDaemonCommand(g *globals) *cobra.Command {
 		Short: "Run the banger daemon (as root): it owns all VMs and host resources",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd, g, o.configPath); err != nil {
+				return err
+			}
 			return runDaemon(cmd.Context(), g, o)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr")
+	f.StringVar(&o.configPath, "config", config.DefaultPath, "TOML file setting these flags (keys named like them); flags given here win; a missing default file is fine")
+	f.StringVar(&o.logFile, "log-file", "", "append the JSON log to this file instead of stderr (capped by --log-cap)")
+	f.StringVar(&o.logCap, "log-cap", defaultDaemonLogCap, "most disk space --log-file may take (the file and one rotated copy, .1)")
+	f.StringVar(&o.vmLogCap, "vm-log-cap", defaultVMLogCap, "most disk space each VM's console and VMM log may take (vm.log and vm.log.1); the latest output is kept")
 	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
 	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's, on the bridge")
 	f.StringVar(&o.mirror, "debian-mirror", "", "Debian archive for image builds (default http://deb.debian.org/debian)")
@@ -72,11 +88,20 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if os.Geteuid() != 0 {
 		return errdefs.FailedPrecondition("banger daemon must run as root: it manages VMM processes, taps and nftables rules")
 	}
-	log, closeLog, err := newLogger(o.logLevel, o.logFile)
+	logCap, err := parseCap("--log-cap", o.logCap)
+	if err != nil {
+		return err
+	}
+	vmLogCap, err := parseCap("--vm-log-cap", o.vmLogCap)
+	if err != nil {
+		return err
+	}
+	log, closeLog, err := newLogger(o.logLevel, o.logFile, logCap)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
+	log.Info("log caps", "vm_log_cap", vmLogCap, "daemon_log_cap", logCap)
 	gid := -1
 	if o.socketGroup != "" {
 		grp, err := user.LookupGroup(o.socketGroup)
@@ -156,16 +181,10 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{
-		Handler:           server.Handler(svc, log),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		// Requests run on the daemon's context: SIGTERM cancels them (a
-		// build stops and cleans up, a start rolls back; stop, kill and
-		// delete are detached and finish) before the store closes.
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		ConnContext: server.ConnContext,
-	}
+	// Requests run on the daemon's context: SIGTERM cancels them (a build
+	// stops and cleans up, a start rolls back; stop, kill and delete are
+	// detached and finish) before the store closes.
+	srv := server.NewHTTPServer(ctx, server.Handler(svc, log), log, server.DefaultLimits)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("daemon ready", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
@@ -215,21 +234,59 @@ func guestDNS(flag []string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-func newLogger(level, file string) (*slog.Logger, func(), error) {
+// applyConfig sets the daemon's flags from its config file (see package
+// config), then makes the state and runtime dirs absolute again. A flag
+// given on the command line, or a dir given by its environment variable,
+// wins over the file.
+func applyConfig(cmd *cobra.Command, g *globals, path string) error {
+	fs := cmd.Flags()
+	c, err := config.Load(path, fs.Changed("config"))
+	if err != nil {
+		return err
+	}
+	given := func(name string) bool {
+		switch name {
+		case "state-dir":
+			return fs.Changed(name) || os.Getenv(layout.EnvStateDir) != ""
+		case "runtime-dir":
+			return fs.Changed(name) || os.Getenv(layout.EnvRuntimeDir) != ""
+		}
+		return fs.Changed(name)
+	}
+	if err := c.Apply(fs, given, "config", "help", "output"); err != nil {
+		return err
+	}
+	g.layout, err = g.layout.Abs()
+	return err
+}
+
+// parseCap reads a log cap flag: bytes, or with a binary unit (16MiB, 1G).
+func parseCap(flag, s string) (int64, error) {
+	n, err := parseSize(s, 1)
+	if err != nil || n < 64<<10 || n > 1<<50 {
+		return 0, errdefs.InvalidArgument("%s %q is not a size between 64KiB and 1PiB (e.g. 16MiB)", flag, s)
+	}
+	return n, nil
+}
+
+// newLogger logs JSON to stderr, or to file capped at logCap bytes
+// (the file and its rotated copy, file.1), mode 0600 whatever the umask.
+func newLogger(level, file string, logCap int64) (*slog.Logger, func(), error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, nil, errdefs.InvalidArgument("--log-level %q: use debug, info, warn or error", level)
 	}
-	out, closer := os.Stderr, func() {}
+	var out io.Writer = os.Stderr
+	closer := func() {}
 	if file != "" {
 		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 			return nil, nil, err
 		}
-		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		w, err := logcap.Open(file, logCap)
 		if err != nil {
 			return nil, nil, err
 		}
-		out, closer = f, func() { f.Close() }
+		out, closer = w, func() { w.Close() }
 	}
 	return slog.New(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: lv})), closer, nil
 }
@@ -239,6 +296,10 @@ func lockStateDir(l layout.Layout) (func(), error) {
 	dir := l.StateDir
 	f, err := os.OpenFile(l.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, err
+	}
+	if err := f.Chmod(0o600); err != nil { // whatever the umask or an older file said
+		f.Close()
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {

@@ -100,7 +100,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.layout.RuntimeDir, "runtime-dir", g.layout.RuntimeDir, "runtime directory holding the control socket (env "+layout.EnvRuntimeDir+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.Flags().BoolVar(&showVersion, "version", false, "print the versions of this CLI and of the daemon (as `banger version`)")
-	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g), newVersionCommand(g))
+	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g), newVersionCommand(g), newLogPipeCommand())
 	applyConventions(root)
 	return root
 }

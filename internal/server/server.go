@@ -5,9 +5,7 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"github.com/banger-vm/banger/internal/version"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -82,16 +80,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func writeError(w http.ResponseWriter, err error) {
 	c := errdefs.ClassOf(err)
 	writeJSON(w, StatusOf(c), api.ErrorResponse{Error: api.Error{Class: string(c), Message: err.Error()}})
-}
-
-// decode reads a JSON body strictly; an empty body leaves v as is.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return errdefs.InvalidArgument("malformed request body: %v", err)
-	}
-	return nil
 }
 
 func (s *server) info(w http.ResponseWriter, r *http.Request) {

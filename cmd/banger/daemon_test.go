@@ -1,0 +1,82 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger-vm/banger/internal/layout"
+)
+
+// daemonFlags parses args as `banger daemon` would and applies the config.
+func daemonFlags(t *testing.T, args ...string) (*cobra.Command, *globals, error) {
+	t.Helper()
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"daemon"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	g := &globals{}
+	g.layout.StateDir, _ = cmd.Flags().GetString("state-dir")
+	g.layout.RuntimeDir, _ = cmd.Flags().GetString("runtime-dir")
+	path, _ := cmd.Flags().GetString("config")
+	return cmd, g, applyConfig(cmd, g, path)
+}
+
+func TestDaemonConfigFile(t *testing.T) {
+	t.Setenv(layout.EnvStateDir, "")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "config.toml")
+	text := "state-dir = \"" + dir + "/state\"\ndefault-vmm = \"qemu\"\nvm-log-cap = \"1MiB\"\nguest-dns = [\"9.9.9.9\"]\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd, _, err := daemonFlags(t, "--config", p, "--default-vmm", "firecracker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := cmd.Flags()
+	if v, _ := f.GetString("default-vmm"); v != "firecracker" {
+		t.Errorf("default-vmm %q: the command line must win", v)
+	}
+	if v, _ := f.GetString("vm-log-cap"); v != "1MiB" {
+		t.Errorf("vm-log-cap %q, want the file's", v)
+	}
+	if v, _ := f.GetStringSlice("guest-dns"); len(v) != 1 || v[0] != "9.9.9.9" {
+		t.Errorf("guest-dns %v, want the file's", v)
+	}
+	if v, _ := f.GetString("state-dir"); v != filepath.Join(dir, "state") {
+		t.Errorf("state dir %q, want the file's", v)
+	}
+
+	// The environment variable wins over the file, like a flag.
+	t.Setenv(layout.EnvStateDir, filepath.Join(dir, "env"))
+	cmd, _, err = daemonFlags(t, "--config", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := cmd.Flags().GetString("state-dir"); v != filepath.Join(dir, "env") {
+		t.Errorf("state dir %q, want the environment's", v)
+	}
+}
+
+func TestDaemonConfigRefusesGlobalsThatAreNotSettings(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte("output = \"json\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := daemonFlags(t, "--config", p); err == nil {
+		t.Fatal("output accepted as a daemon setting")
+	}
+}
+
+func TestDaemonMissingExplicitConfig(t *testing.T) {
+	if _, _, err := daemonFlags(t, "--config", filepath.Join(t.TempDir(), "absent.toml")); err == nil {
+		t.Fatal("a missing --config file was accepted")
+	}
+}
