@@ -5,7 +5,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"github.com/banger-vm/banger/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/daemon"
+	"github.com/banger-vm/banger/internal/version"
 	"github.com/banger-vm/banger/internal/model"
 )
 
