@@ -14,8 +14,8 @@ import (
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/daemon"
-	"github.com/banger-vm/banger/internal/version"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/version"
 )
 
 type server struct {
