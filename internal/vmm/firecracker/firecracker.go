@@ -18,7 +18,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
@@ -532,7 +531,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if err != nil {
 		return fail(fmt.Errorf("firecracker: %w", err))
 	}
-	undo = append(undo, func(ctx context.Context) error { return kill(ctx, proc) })
+	undo = append(undo, func(ctx context.Context) error { return vmm.Kill(ctx, proc) })
 	if err := vmm.WaitSocket(ctx, spec.ControlSocket, proc, vmm.SocketTimeout); err != nil {
 		return fail(fmt.Errorf("firecracker: %w (hint: the VM log %s has Firecracker's own message)", err, spec.LogPath))
 	}
@@ -587,16 +586,6 @@ func (d *Driver) VsockListenPath(spec vmm.Spec, port uint32) (string, error) {
 		base = j.host(jailVsock)
 	}
 	return fmt.Sprintf("%s_%d", base, port), nil
-}
-
-func kill(ctx context.Context, p vmm.Process) error {
-	if err := system.Signal(p.PID, p.StartTime, syscall.SIGKILL); err != nil {
-		return err
-	}
-	if !system.WaitExit(ctx, p.PID, p.StartTime, 10*time.Second) {
-		return fmt.Errorf("firecracker pid %d survived SIGKILL", p.PID)
-	}
-	return nil
 }
 
 // Boot starts the configured guest.

@@ -276,7 +276,7 @@ func TestBootFault(t *testing.T) {
 		t.Errorf("Boot error class %s", errdefs.ClassOf(err))
 	}
 	// The daemon's part: kill and clean up.
-	if err := kill(c, proc); err != nil {
+	if err := vmm.Kill(c, proc); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.drv.Cleanup(c, h.spec); err != nil {

@@ -132,7 +132,7 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 			return vmm.Process{}, errors.New("fake: vmm exited during launch")
 		}
 		if ctx.Err() != nil {
-			_ = system.Signal(p.PID, p.StartTime, syscall.SIGKILL)
+			_ = vmm.Kill(context.WithoutCancel(ctx), p)
 			return vmm.Process{}, ctx.Err()
 		}
 		time.Sleep(5 * time.Millisecond)
