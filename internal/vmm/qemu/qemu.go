@@ -138,6 +138,9 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 // Launch starts QEMU paused and returns once its QMP socket answers. On
 // error no process is left.
 func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
+	if err := d.Validate(spec); err != nil {
+		return vmm.Process{}, err
+	}
 	info := d.Probe(ctx)
 	if !info.Available {
 		return vmm.Process{}, errdefs.FailedPrecondition("qemu: %s", info.Reason)
