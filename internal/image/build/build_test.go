@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/layout"
 )
 
 func TestSpecValidate(t *testing.T) {
@@ -448,5 +449,28 @@ func TestBuilderLogsToInjectedLogger(t *testing.T) {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, buf.String())
 		}
+	}
+}
+
+// The builder writes its artifacts under the names internal/layout gives
+// an image directory: after the daemon moves a build's output dir into
+// place, layout.ImageDir finds every file the builder wrote.
+func TestArtifactNamesAreLayouts(t *testing.T) {
+	d := layout.ImageDir("/state/images/0123")
+	want := []string{d.Kernel(), d.Vmlinux(), d.Initrd(), d.Rootfs()}
+	var got []string
+	for _, name := range ArtifactNames {
+		got = append(got, filepath.Join(d.Path(), name))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("builder artifacts %v, layout's image files %v", got, want)
+	}
+	if filepath.Join(d.Path(), ManifestFile) != d.Manifest() {
+		t.Errorf("builder manifest %s, layout's %s", ManifestFile, d.Manifest())
+	}
+	// The manifest lists the artifacts under those names too.
+	m := Manifest{Artifacts: []Artifact{{Name: ArtifactInitrd, File: ArtifactInitrd}}}
+	if a, ok := m.Artifact(filepath.Base(d.Initrd())); !ok || a.File != filepath.Base(d.Initrd()) {
+		t.Errorf("manifest artifact lookup by layout name: %+v %v", a, ok)
 	}
 }
