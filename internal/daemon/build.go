@@ -62,7 +62,7 @@ func (s *Service) BuildImage(ctx context.Context, name string, spec build.Spec, 
 	im.KernelPath, im.VmlinuxPath = dir.Kernel(), dir.Vmlinux()
 	im.InitrdPath, im.RootfsPath = dir.Initrd(), dir.Rootfs()
 	err := s.placeImage(ctx, im, func(tmp string) error {
-		m, err := build.Build(ctx, spec, tmp, func(ev build.Event) {
+		m, err := build.New(log).Build(ctx, spec, tmp, func(ev build.Event) {
 			log.Debug("build stage", "stage", ev.Stage, "status", ev.Status, "detail", ev.Detail)
 			if progress != nil {
 				progress(ev)

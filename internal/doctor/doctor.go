@@ -55,12 +55,18 @@ type Options struct {
 	KVMDevice string
 	// KVMUsable defaults to system.KVMUsable.
 	KVMUsable func(dev string) (bool, string)
+	// CgroupRoot is where the cgroup hierarchy is mounted; default
+	// /sys/fs/cgroup.
+	CgroupRoot string
 }
 
 // Run performs every check.
 func Run(ctx context.Context, o Options) Report {
 	if o.KVMDevice == "" {
 		o.KVMDevice = "/dev/kvm"
+	}
+	if o.CgroupRoot == "" {
+		o.CgroupRoot = "/sys/fs/cgroup"
 	}
 	if o.KVMUsable == nil {
 		o.KVMUsable = system.KVMUsable
@@ -112,7 +118,7 @@ func Run(ctx context.Context, o Options) Report {
 	}
 	add(busyboxCheck())
 	add(ipForwardCheck())
-	add(cgroupCheck())
+	add(cgroupCheck(o.CgroupRoot))
 	add(bridgeCheck(o.Bridge))
 	add(socketCheck(o.Layout.ControlSocket()))
 	add(spaceCheck(o.Layout.StateDir))
@@ -172,11 +178,19 @@ func ipForwardCheck() Check {
 	return Check{Name: "ip forwarding", Status: Warn, Detail: "net.ipv4.ip_forward = 0", Hint: "the daemon enables it when it sets up the guest network"}
 }
 
-func cgroupCheck() Check {
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return Check{Name: "cgroup v2", Status: OK, Detail: "/sys/fs/cgroup is cgroup v2"}
+// cgroupCheck: the Firecracker driver runs the jailer with
+// --cgroup-version 2, which needs the unified (v2) hierarchy mounted at
+// root; on a cgroup-v1-only or hybrid host a jailed VM fails at launch.
+func cgroupCheck(root string) Check {
+	c := Check{Name: "cgroup v2"}
+	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+		c.Status, c.Detail = OK, root+" is a cgroup v2 hierarchy (the jailer's --cgroup-version 2)"
+		return c
 	}
-	return Check{Name: "cgroup v2", Status: Warn, Detail: "/sys/fs/cgroup is not a cgroup v2 hierarchy", Hint: "boot with systemd.unified_cgroup_hierarchy=1: the jailer uses cgroup v2"}
+	c.Status = Warn
+	c.Detail = root + " is not a cgroup v2 hierarchy (no cgroup.controllers): the Firecracker jailer, which banger runs with --cgroup-version 2, fails at launch"
+	c.Hint = "boot the host with systemd.unified_cgroup_hierarchy=1 (cgroup v2 only), or run Firecracker without the jailer (jailer off); QEMU is not affected"
+	return c
 }
 
 func bridgeCheck(name string) Check {

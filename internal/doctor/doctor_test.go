@@ -172,3 +172,45 @@ func TestFirecrackerBranch(t *testing.T) {
 		t.Fatalf("a non-Firecracker binary was accepted: %+v", fc)
 	}
 }
+
+// The jailer needs cgroup v2: a unified hierarchy is ok, anything else is
+// a warning that names the jailer and says how to fix it.
+func TestCgroupCheck(t *testing.T) {
+	v2 := t.TempDir()
+	if err := os.WriteFile(filepath.Join(v2, "cgroup.controllers"), []byte("cpu memory pids\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if c := cgroupCheck(v2); c.Status != OK {
+		t.Errorf("cgroup v2 root: %+v", c)
+	}
+	v1 := t.TempDir() // a v1 root holds one directory per controller
+	if err := os.Mkdir(filepath.Join(v1, "cpu"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := cgroupCheck(v1)
+	if c.Status != Warn || !strings.Contains(c.Detail, "jailer") || !strings.Contains(c.Hint, "systemd.unified_cgroup_hierarchy=1") {
+		t.Errorf("cgroup v1 root: %+v, want a warning naming the jailer with the boot-option hint", c)
+	}
+	// Run uses the configured root.
+	r := Run(context.Background(), Options{Layout: layout.Layout{StateDir: t.TempDir()}, Drivers: vmm.Registry{}, CgroupRoot: v1})
+	if got := find(r, "cgroup v2"); got.Status != Warn {
+		t.Errorf("Run with a cgroup v1 root: %+v", got)
+	}
+}
+
+// A Firecracker older than v1.8 is reported as unusable, with the reason.
+func TestOldFirecracker(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "firecracker")
+	if err := testutil.WriteExecutable(bin, []byte("#!/bin/sh\necho 'Firecracker v1.7.0'\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := Run(context.Background(), Options{
+		Layout:  layout.Layout{StateDir: dir},
+		Drivers: vmm.Registry{vmm.KindFirecracker: firecracker.New(firecracker.Config{Binary: bin, Jailer: firecracker.JailerOff})},
+	})
+	c := find(r, "vmm firecracker")
+	if c.Status != Warn || !strings.Contains(c.Detail, "v1.7.0, older than v1.8") || !strings.Contains(c.Detail, "hint:") {
+		t.Errorf("old firecracker: %+v", c)
+	}
+}

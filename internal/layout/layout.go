@@ -109,14 +109,24 @@ func (d VMDir) Path() string     { return string(d) }
 func (d VMDir) RootDisk() string { return filepath.Join(string(d), "rootfs.ext4") }
 func (d VMDir) LogPath() string  { return filepath.Join(string(d), "vm.log") }
 
+// File names in an image directory. layout owns them: the image builder
+// writes its artifacts under these names.
+const (
+	ImageKernelFile   = "vmlinuz"       // bzImage, for QEMU
+	ImageVmlinuxFile  = "vmlinux"       // uncompressed ELF kernel, for Firecracker
+	ImageInitrdFile   = "initrd.img"    // initramfs
+	ImageRootfsFile   = "rootfs.ext4"   // root filesystem image
+	ImageManifestFile = "manifest.json" // the builder's manifest
+)
+
 // ImageDir is one image's directory under the state dir.
 type ImageDir string
 
 func (l Layout) Image(id string) ImageDir { return ImageDir(filepath.Join(l.ImagesDir(), id)) }
 
 func (d ImageDir) Path() string     { return string(d) }
-func (d ImageDir) Kernel() string   { return filepath.Join(string(d), "vmlinuz") }
-func (d ImageDir) Vmlinux() string  { return filepath.Join(string(d), "vmlinux") }
-func (d ImageDir) Initrd() string   { return filepath.Join(string(d), "initrd.img") }
-func (d ImageDir) Rootfs() string   { return filepath.Join(string(d), "rootfs.ext4") }
-func (d ImageDir) Manifest() string { return filepath.Join(string(d), "manifest.json") }
+func (d ImageDir) Kernel() string   { return filepath.Join(string(d), ImageKernelFile) }
+func (d ImageDir) Vmlinux() string  { return filepath.Join(string(d), ImageVmlinuxFile) }
+func (d ImageDir) Initrd() string   { return filepath.Join(string(d), ImageInitrdFile) }
+func (d ImageDir) Rootfs() string   { return filepath.Join(string(d), ImageRootfsFile) }
+func (d ImageDir) Manifest() string { return filepath.Join(string(d), ImageManifestFile) }

@@ -122,3 +122,21 @@ func ParseSignal(s string) (syscall.Signal, error) {
 	}
 	return sig, nil
 }
+
+// Kill sends SIGKILL to pid, if it is still the process that started at
+// startTime (0 skips the check; see Signal), and waits up to timeout (or
+// until ctx ends) for it to be gone. A process already gone, or a pid now
+// held by another process, is not an error and is left alone. It is the
+// one kill-and-wait every VMM path uses.
+func Kill(ctx context.Context, pid int, startTime uint64, timeout time.Duration) error {
+	if pid <= 0 {
+		return nil
+	}
+	if err := Signal(pid, startTime, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if !WaitExit(ctx, pid, startTime, timeout) {
+		return fmt.Errorf("pid %d still alive %s after SIGKILL", pid, timeout)
+	}
+	return nil
+}

@@ -74,3 +74,43 @@ func TestParseSignal(t *testing.T) {
 		}
 	}
 }
+
+func TestKillKillsOnlyTheSameProcessAndWaits(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	waited := make(chan *os.ProcessState, 1)
+	go func() { _ = cmd.Wait(); waited <- cmd.ProcessState }()
+	pid := cmd.Process.Pid
+	st, err := ReadProcStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another incarnation of the pid is left alone, and that is no error.
+	if err := Kill(context.Background(), pid, st.StartTime+1, time.Second); err != nil {
+		t.Fatalf("Kill of a recycled pid: %v", err)
+	}
+	if !Alive(pid, st.StartTime) {
+		t.Fatal("Kill signalled a process with another start time")
+	}
+	if err := Kill(context.Background(), pid, st.StartTime, 10*time.Second); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	// Kill returned only once the process was gone, killed by SIGKILL.
+	if Alive(pid, st.StartTime) {
+		t.Fatal("Kill returned while the process was still alive")
+	}
+	ps := <-waited
+	if ws, ok := ps.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("process ended with %v, want killed by SIGKILL", ps)
+	}
+	// Killing what is gone is not an error; nor is pid 0 (nothing recorded).
+	if err := Kill(context.Background(), pid, st.StartTime, time.Second); err != nil {
+		t.Fatalf("Kill of a gone process: %v", err)
+	}
+	if err := Kill(context.Background(), 0, 0, time.Second); err != nil {
+		t.Fatalf("Kill of pid 0: %v", err)
+	}
+}

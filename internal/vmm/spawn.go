@@ -55,13 +55,19 @@ func SpawnFor(spec Spec, path string, args []string) (Process, error) {
 		return p, err
 	}
 	if err := spec.OnSpawn(p); err != nil {
-		kerr := system.Signal(p.PID, p.StartTime, syscall.SIGKILL)
-		if kerr == nil && !system.WaitExit(context.Background(), p.PID, p.StartTime, 10*time.Second) {
-			kerr = fmt.Errorf("pid %d survived SIGKILL", p.PID)
-		}
-		return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), kerr)
+		return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), Kill(context.Background(), p))
 	}
 	return p, nil
+}
+
+// KillTimeout bounds how long Kill waits for a SIGKILLed VMM to be gone.
+const KillTimeout = 10 * time.Second
+
+// Kill SIGKILLs p, if it is still that process, and waits up to
+// KillTimeout for it to be gone (system.Kill). Drivers use it to end a VMM
+// whose launch failed.
+func Kill(ctx context.Context, p Process) error {
+	return system.Kill(ctx, p.PID, p.StartTime, KillTimeout)
 }
 
 // WaitSocket waits until a unix socket at path accepts a connection, the

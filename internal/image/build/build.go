@@ -63,6 +63,7 @@ type builder struct {
 	busybox  string
 	progress func(Event)
 	log      *slog.Logger
+	stages   []stage
 
 	started       time.Time
 	kernelVersion string // uname -r
@@ -74,17 +75,34 @@ type stage struct {
 	run  func(b *builder, ctx context.Context) error
 }
 
-// stages is the build. Tests replace it to make a stage fail.
-var stages = []stage{
-	{StagePackages, (*builder).packages},
-	{StageKernel, (*builder).kernel},
-	{StageInitramfs, (*builder).initramfs},
-	{StageFilesystem, (*builder).filesystem},
-	{StageFinish, (*builder).finish},
+// Builder builds images. New makes one; its test seams (the stages and
+// the host check) are fields, not package globals.
+type Builder struct {
+	log *slog.Logger
+	// stages is the build, in order.
+	stages []stage
+	// preflight checks the host before any work and returns busybox's path.
+	preflight func(spec Spec, outDir string) (busybox string, err error)
 }
 
-// preflight checks the host before any work; tests replace it.
-var preflight = checkHost
+// New returns a builder that logs to log (its warnings belong in the
+// daemon's log); nil discards them.
+func New(log *slog.Logger) *Builder {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Builder{
+		log: log,
+		stages: []stage{
+			{StagePackages, (*builder).packages},
+			{StageKernel, (*builder).kernel},
+			{StageInitramfs, (*builder).initramfs},
+			{StageFilesystem, (*builder).filesystem},
+			{StageFinish, (*builder).finish},
+		},
+		preflight: checkHost,
+	}
+}
 
 // Build builds the image spec describes into outDir (created if missing;
 // it must not hold the artifacts already) and returns its manifest, also
@@ -95,7 +113,7 @@ var preflight = checkHost
 // checking that no mount is left under it), no process of the build is
 // left, and outDir holds none of the build's files: Build removes outDir
 // itself if it created it, and only its own files otherwise.
-func Build(ctx context.Context, spec Spec, outDir string, progress func(Event)) (*Manifest, error) {
+func (bd *Builder) Build(ctx context.Context, spec Spec, outDir string, progress func(Event)) (*Manifest, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -115,8 +133,8 @@ func Build(ctx context.Context, spec Spec, outDir string, progress func(Event)) 
 			return nil, errdefs.AlreadyExists("output dir %s already holds %s", outDir, name)
 		}
 	}
-	b := &builder{spec: spec, outDir: outDir, progress: progress, log: slog.Default().With("op", "image.build")}
-	if b.busybox, err = preflight(spec, outDir); err != nil {
+	b := &builder{spec: spec, outDir: outDir, progress: progress, log: bd.log.With("op", "image.build"), stages: bd.stages}
+	if b.busybox, err = bd.preflight(spec, outDir); err != nil {
 		return nil, err
 	}
 	return b.build(ctx)
@@ -170,7 +188,7 @@ func (b *builder) build(ctx context.Context) (m *Manifest, err error) {
 		BuiltAt:       started.UTC().Truncate(time.Second),
 		KernelCmdline: KernelCmdline,
 	}
-	for _, st := range stages {
+	for _, st := range b.stages {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("image build cancelled before stage %s: %w", st.name, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/layout"
 )
 
 func TestSpecValidate(t *testing.T) {
@@ -55,8 +57,8 @@ func TestSpecValidate(t *testing.T) {
 func TestBuildRejectsBadSpecBeforeWork(t *testing.T) {
 	work := t.TempDir()
 	called := false
-	swapPreflight(t, func(Spec, string) (string, error) { called = true; return "", nil })
-	_, err := Build(context.Background(), Spec{Release: "hamm2", WorkDir: work}, filepath.Join(work, "out"), nil)
+	bd := testBuilder(t, func(Spec, string) (string, error) { called = true; return "", nil }, nil)
+	_, err := bd.Build(context.Background(), Spec{Release: "hamm2", WorkDir: work}, filepath.Join(work, "out"), nil)
 	if !errors.Is(err, errdefs.ErrInvalidArgument) || called {
 		t.Fatalf("err = %v, preflight called %v", err, called)
 	}
@@ -102,16 +104,15 @@ func TestManifestRoundTrip(t *testing.T) {
 	}
 }
 
-func swapPreflight(t *testing.T, f func(Spec, string) (string, error)) {
-	old := preflight
-	preflight = f
-	t.Cleanup(func() { preflight = old })
-}
-
-func swapStages(t *testing.T, s []stage) {
-	old := stages
-	stages = s
-	t.Cleanup(func() { stages = old })
+// testBuilder is a builder whose host check is preflight and, if stages
+// is not nil, whose build is stages.
+func testBuilder(t *testing.T, preflight func(Spec, string) (string, error), stages []stage) *Builder {
+	bd := New(slog.New(slog.NewTextHandler(t.Output(), nil)))
+	bd.preflight = preflight
+	if stages != nil {
+		bd.stages = stages
+	}
+	return bd
 }
 
 func assertEmptyDir(t *testing.T, dir string) {
@@ -132,7 +133,7 @@ func assertEmptyDir(t *testing.T, dir string) {
 // A stage that fails after earlier stages wrote into the work dir (and the
 // output dir) leaves no temporary directory and nothing in outDir.
 func TestFailingStageLeavesNothing(t *testing.T) {
-	swapPreflight(t, func(Spec, string) (string, error) { return "/bin/busybox", nil })
+	bd := testBuilder(t, func(Spec, string) (string, error) { return "/bin/busybox", nil }, nil)
 	boom := errors.New("boom")
 	var events []Event
 	for _, outExists := range []bool{false, true} {
@@ -148,7 +149,7 @@ func TestFailingStageLeavesNothing(t *testing.T) {
 				}
 			}
 			events = nil
-			swapStages(t, []stage{
+			bd.stages = []stage{
 				{StagePackages, func(b *builder, ctx context.Context) error {
 					// A root tree as mmdebstrap leaves it, with a read-only dir.
 					for _, d := range []string{"etc/ssh", "usr/lib/modules/6.1.0-test", "var/cache/apt/archives"} {
@@ -176,8 +177,8 @@ func TestFailingStageLeavesNothing(t *testing.T) {
 					t.Error("the stage after the failing one ran")
 					return nil
 				}},
-			})
-			m, err := Build(context.Background(), Spec{WorkDir: work}, out, func(e Event) { events = append(events, e) })
+			}
+			m, err := bd.Build(context.Background(), Spec{WorkDir: work}, out, func(e Event) { events = append(events, e) })
 			if !errors.Is(err, boom) || m != nil {
 				t.Fatalf("Build = %v, %v; want the stage's error", m, err)
 			}
@@ -208,21 +209,21 @@ func TestFailingStageLeavesNothing(t *testing.T) {
 // Cancelling a build kills the whole process group of the running command
 // (a child that would outlive its parent included), and cleans up.
 func TestCancelKillsProcessGroup(t *testing.T) {
-	swapPreflight(t, func(Spec, string) (string, error) { return "/bin/busybox", nil })
+	bd := testBuilder(t, func(Spec, string) (string, error) { return "/bin/busybox", nil }, nil)
 	work := t.TempDir()
 	out := filepath.Join(t.TempDir(), "img")
 	marker := "banger-build-test-" + strconv.Itoa(os.Getpid())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	started := make(chan struct{})
-	swapStages(t, []stage{{StagePackages, func(b *builder, ctx context.Context) error {
+	bd.stages = []stage{{StagePackages, func(b *builder, ctx context.Context) error {
 		close(started)
 		// sh starts a background sleep (same group) and waits on another.
 		return command{name: "sh", args: []string{"-c", `sleep 300 & exec sleep 301`, marker}}.run(ctx)
-	}}})
+	}}}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := Build(ctx, Spec{WorkDir: work}, out, nil)
+		_, err := bd.Build(ctx, Spec{WorkDir: work}, out, nil)
 		errc <- err
 	}()
 	<-started
@@ -401,10 +402,10 @@ func TestNoSpace(t *testing.T) {
 // A root too big for the requested size fails in the filesystem stage,
 // before mkfs runs, with an invalid-argument error saying what is needed.
 func TestSizeTooSmallForContent(t *testing.T) {
-	swapPreflight(t, func(Spec, string) (string, error) { return "/bin/busybox", nil })
+	bd := testBuilder(t, func(Spec, string) (string, error) { return "/bin/busybox", nil }, nil)
 	work := t.TempDir()
 	out := filepath.Join(t.TempDir(), "img")
-	swapStages(t, []stage{
+	bd.stages = []stage{
 		{StagePackages, func(b *builder, ctx context.Context) error {
 			// 600 MiB of content (a sparse file: its apparent size counts).
 			f, err := os.Create(filepath.Join(b.root, "big"))
@@ -415,11 +416,61 @@ func TestSizeTooSmallForContent(t *testing.T) {
 			return f.Truncate(600 << 20)
 		}},
 		{StageFilesystem, (*builder).filesystem},
-	})
-	_, err := Build(context.Background(), Spec{WorkDir: work, SizeBytes: 640 << 20}, out, nil)
+	}
+	_, err := bd.Build(context.Background(), Spec{WorkDir: work, SizeBytes: 640 << 20}, out, nil)
 	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "too small for the image's content") {
 		t.Fatalf("err = %v", err)
 	}
 	t.Log(err)
 	assertEmptyDir(t, work)
+}
+
+// The builder logs to the logger it was given (the daemon's, so that its
+// warnings reach --log-file), never to slog.Default().
+func TestBuilderLogsToInjectedLogger(t *testing.T) {
+	var buf strings.Builder
+	bd := New(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	bd.preflight = func(Spec, string) (string, error) { return "/bin/busybox", nil }
+	boom := errors.New("boom")
+	bd.stages = []stage{
+		{StagePackages, func(b *builder, ctx context.Context) error {
+			b.log.Warn("image build: could not update the package cache")
+			return nil
+		}},
+		{StageKernel, func(*builder, context.Context) error { return boom }},
+	}
+	if _, err := bd.Build(context.Background(), Spec{WorkDir: t.TempDir()}, filepath.Join(t.TempDir(), "img"), nil); !errors.Is(err, boom) {
+		t.Fatalf("Build: %v", err)
+	}
+	for _, want := range []string{
+		`level=WARN msg="image build: could not update the package cache" op=image.build`,
+		`level=DEBUG msg="image build stage done" op=image.build stage=packages`,
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+// The builder writes its artifacts under the names internal/layout gives
+// an image directory: after the daemon moves a build's output dir into
+// place, layout.ImageDir finds every file the builder wrote.
+func TestArtifactNamesAreLayouts(t *testing.T) {
+	d := layout.ImageDir("/state/images/0123")
+	want := []string{d.Kernel(), d.Vmlinux(), d.Initrd(), d.Rootfs()}
+	var got []string
+	for _, name := range ArtifactNames {
+		got = append(got, filepath.Join(d.Path(), name))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("builder artifacts %v, layout's image files %v", got, want)
+	}
+	if filepath.Join(d.Path(), ManifestFile) != d.Manifest() {
+		t.Errorf("builder manifest %s, layout's %s", ManifestFile, d.Manifest())
+	}
+	// The manifest lists the artifacts under those names too.
+	m := Manifest{Artifacts: []Artifact{{Name: ArtifactInitrd, File: ArtifactInitrd}}}
+	if a, ok := m.Artifact(filepath.Base(d.Initrd())); !ok || a.File != filepath.Base(d.Initrd()) {
+		t.Errorf("manifest artifact lookup by layout name: %+v %v", a, ok)
+	}
 }

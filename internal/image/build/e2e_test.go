@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,7 +77,7 @@ func defaultImage(t *testing.T) (dir string, m *build.Manifest) {
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
 	start := time.Now()
-	m, err := build.Build(ctx, spec, tmp, func(e build.Event) {
+	m, err := build.New(slog.New(slog.NewTextHandler(t.Output(), nil))).Build(ctx, spec, tmp, func(e build.Event) {
 		if e.Status != build.StatusProgress {
 			t.Logf("%6.1fs %s %s %s", time.Since(start).Seconds(), e.Stage, e.Status, e.Detail)
 		}
@@ -358,7 +359,7 @@ func BenchmarkBuild(b *testing.B) {
 				var pkgStart, pkgDone time.Time
 				ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 				start := time.Now()
-				_, err := build.Build(ctx, build.Spec{CacheDir: cache, WorkDir: filepath.Join(root, "tmp")}, out, func(e build.Event) {
+				_, err := build.New(slog.New(slog.NewTextHandler(b.Output(), nil))).Build(ctx, build.Spec{CacheDir: cache, WorkDir: filepath.Join(root, "tmp")}, out, func(e build.Event) {
 					if e.Stage == build.StagePackages && e.Status == build.StatusStart {
 						pkgStart = time.Now()
 					}
@@ -390,7 +391,7 @@ func TestCancelRealBuild(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
 	var cancelledAt string
-	_, err := build.Build(ctx, build.Spec{CacheDir: filepath.Join(root, "apt"), WorkDir: work}, out, func(e build.Event) {
+	_, err := build.New(slog.New(slog.NewTextHandler(t.Output(), nil))).Build(ctx, build.Spec{CacheDir: filepath.Join(root, "apt"), WorkDir: work}, out, func(e build.Event) {
 		// mmdebstrap's second install phase: apt and dpkg run in the root.
 		if cancelledAt == "" && e.Stage == build.StagePackages && strings.Contains(e.Detail, "installing remaining packages") {
 			cancelledAt = e.Detail

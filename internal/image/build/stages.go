@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/banger-vm/banger/api"
 	"io"
 	"io/fs"
 	"os"
@@ -290,12 +291,8 @@ func ext4Need(u usage, size int64) int64 {
 	return u.bytes + u.bytes/20 + size/64 + 64<<20 + 32<<20
 }
 
-// Package is one installed Debian package.
-type Package struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-	Arch    string `json:"arch,omitempty"`
-}
+// Package is one installed Debian package (api.ImagePackage).
+type Package = api.ImagePackage
 
 // installedPackages lists the root's installed packages, by name.
 func installedPackages(ctx context.Context, root string) ([]Package, error) {

@@ -16,9 +16,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
@@ -179,6 +179,11 @@ func lookPath(name string) (string, error) {
 	return filepath.Abs(p)
 }
 
+// MinMinorVersion is the oldest Firecracker banger runs: v1.MinMinorVersion.
+// banger's guest kernel finds its virtio-mmio devices through ACPI, which
+// Firecracker describes from v1.8 (docs/firecracker.md).
+const MinMinorVersion = 8
+
 // versionPattern matches the first line of `firecracker --version`
 // ("Firecracker v1.16.1") and `jailer --version` ("Jailer v1.16.1").
 var versionPattern = regexp.MustCompile(`^(Firecracker|Jailer) v(\d+)\.(\d+)\.(\d+)(\S*)$`)
@@ -218,6 +223,9 @@ func (d *Driver) version(ctx context.Context, bin, program string) (string, erro
 	}
 	if m[2] != "1" {
 		return "", fmt.Errorf("%s is %s v%s.%s.%s, but banger speaks the v1 API (%s)", bin, program, m[2], m[3], m[4], installHint)
+	}
+	if minor, _ := strconv.Atoi(m[3]); minor < MinMinorVersion {
+		return "", fmt.Errorf("%s is %s v%s.%s.%s, older than v1.%d, the oldest banger runs: banger's guest needs virtio-mmio devices described over ACPI (hint: install v1.%d or later from https://github.com/firecracker-microvm/firecracker/releases)", bin, program, m[2], m[3], m[4], MinMinorVersion, MinMinorVersion)
 	}
 	v = m[2] + "." + m[3] + "." + m[4] + m[5]
 	d.mu.Lock()
@@ -366,10 +374,7 @@ func (d *Driver) jail(spec vmm.Spec) (*jail, error) {
 	if err := d.checkJailConfig(); err != nil {
 		return nil, err
 	}
-	bin, err := lookPath(d.cfg.Binary)
-	if err != nil {
-		bin = d.cfg.Binary
-	}
+	bin := d.execFile()
 	// The jailer refuses an --exec-file whose name lacks "firecracker".
 	if !strings.Contains(filepath.Base(bin), "firecracker") {
 		return nil, errdefs.InvalidArgument("firecracker binary %s: the jailer only runs files whose name contains \"firecracker\" (hint: rename it)", bin)
@@ -379,6 +384,23 @@ func (d *Driver) jail(spec vmm.Spec) (*jail, error) {
 		return nil, err
 	}
 	return &jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: bin, id: spec.ID, uid: id, gid: id}, nil
+}
+
+// execFile is the jailer's --exec-file: the firecracker binary, absolute
+// and resolved through symlinks. The jailer canonicalises --exec-file and
+// names the jail <chroot_base>/<exec_file_name>/<id> after the resolved
+// file, so with firecracker a link to a release file
+// (firecracker-v1.16.1-x86_64, as releases are usually installed) the
+// driver must build, link into and remove the jail the jailer uses.
+func (d *Driver) execFile() string {
+	bin, err := lookPath(d.cfg.Binary)
+	if err != nil {
+		return d.cfg.Binary
+	}
+	if resolved, err := filepath.EvalSymlinks(bin); err == nil {
+		return resolved
+	}
+	return bin
 }
 
 // jailUser is the uid, and the gid, a jailed VM's Firecracker runs as:
@@ -532,7 +554,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if err != nil {
 		return fail(fmt.Errorf("firecracker: %w", err))
 	}
-	undo = append(undo, func(ctx context.Context) error { return kill(ctx, proc) })
+	undo = append(undo, func(ctx context.Context) error { return vmm.Kill(ctx, proc) })
 	if err := vmm.WaitSocket(ctx, spec.ControlSocket, proc, vmm.SocketTimeout); err != nil {
 		return fail(fmt.Errorf("firecracker: %w (hint: the VM log %s has Firecracker's own message)", err, spec.LogPath))
 	}
@@ -589,16 +611,6 @@ func (d *Driver) VsockListenPath(spec vmm.Spec, port uint32) (string, error) {
 	return fmt.Sprintf("%s_%d", base, port), nil
 }
 
-func kill(ctx context.Context, p vmm.Process) error {
-	if err := system.Signal(p.PID, p.StartTime, syscall.SIGKILL); err != nil {
-		return err
-	}
-	if !system.WaitExit(ctx, p.PID, p.StartTime, 10*time.Second) {
-		return fmt.Errorf("firecracker pid %d survived SIGKILL", p.PID)
-	}
-	return nil
-}
-
 // Boot starts the configured guest.
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) error {
 	return newClient(spec.ControlSocket).do(ctx, "PUT", "/actions", instanceAction{ActionType: "InstanceStart"}, nil)
@@ -627,11 +639,7 @@ func (d *Driver) Cleanup(_ context.Context, spec vmm.Spec) error {
 		}
 	}
 	if d.cfg.ChrootBase != "" && checkInstanceID(spec.ID) == nil {
-		bin, err := lookPath(d.cfg.Binary)
-		if err != nil {
-			bin = d.cfg.Binary
-		}
-		j := jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: bin, id: spec.ID}
+		j := jail{base: filepath.Clean(d.cfg.ChrootBase), execFile: d.execFile(), id: spec.ID}
 		if err := j.remove(); err != nil {
 			errs = append(errs, fmt.Errorf("firecracker: %w", err))
 		}

@@ -123,6 +123,43 @@ func TestStartStopJailed(t *testing.T) {
 	checkJailGone(t, h)
 }
 
+// With firecracker a symlink to a differently named release file (a name
+// shorter than firecracker-v1.16.1-x86_64: the jailed vsock path under the
+// test's temporary dir would pass the unix socket limit), the
+// jailer names the jail after the resolved file: the driver builds, links
+// into and removes that jail, and leaves none under the link's name.
+func TestStartStopJailedThroughSymlink(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, opts{jailer: JailerOn, release: "firecracker-v1.16.1"})
+	c := ctx(t)
+	proc, err := h.drv.Launch(c, h.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(h.dir, "jail", "firecracker-v1.16.1", testID); h.jailDir() != want {
+		t.Fatalf("test harness: jail dir %s, want %s", h.jailDir(), want)
+	}
+	root := filepath.Join(h.jailDir(), "root")
+	checkJail(t, h, root)
+	if err := h.drv.Boot(c, h.spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.drv.Shutdown(c, h.spec); err != nil {
+		t.Fatal(err)
+	}
+	if !system.WaitExit(c, proc.PID, proc.StartTime, 5*time.Second) {
+		t.Fatal("the VM did not power off after Ctrl-Alt-Del")
+	}
+	if err := h.drv.Cleanup(c, h.spec); err != nil {
+		t.Fatal(err)
+	}
+	checkJailGone(t, h)
+	if _, err := os.Lstat(filepath.Join(h.dir, "jail", "firecracker", testID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a jail under the symlink's name exists: %v", err)
+	}
+	h.assertSpecClean()
+}
+
 // checkJail checks a jail built for h's VM against jailer.md's layout.
 func checkJail(t *testing.T, h *harness, root string) {
 	t.Helper()
@@ -276,7 +313,7 @@ func TestBootFault(t *testing.T) {
 		t.Errorf("Boot error class %s", errdefs.ClassOf(err))
 	}
 	// The daemon's part: kill and clean up.
-	if err := kill(c, proc); err != nil {
+	if err := vmm.Kill(c, proc); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.drv.Cleanup(c, h.spec); err != nil {
@@ -353,6 +390,8 @@ func TestNotFirecracker(t *testing.T) {
 	for name, tc := range map[string]struct{ script, want string }{
 		"qemu":   {"#!/bin/sh\necho 'QEMU emulator version 8.2.2'\n", `is not Firecracker: --version printed "QEMU emulator version 8.2.2"`},
 		"v2":     {"#!/bin/sh\necho 'Firecracker v2.0.0'\n", "banger speaks the v1 API"},
+		"v1.7":   {"#!/bin/sh\necho 'Firecracker v1.7.0'\n", "Firecracker v1.7.0, older than v1.8"},
+		"v1.4":   {"#!/bin/sh\necho 'Firecracker v1.4.1'\n", "Firecracker v1.4.1, older than v1.8"},
 		"fails":  {"#!/bin/sh\necho oops >&2\nexit 3\n", "--version failed"},
 		"silent": {"#!/bin/sh\n", "is not Firecracker"},
 	} {
@@ -459,5 +498,16 @@ func TestConfigStepsMinimal(t *testing.T) {
 	want := "PUT /logger,PUT /machine-config,PUT /boot-source,PUT /drives/rootfs,PUT /entropy"
 	if strings.Join(got, ",") != want {
 		t.Errorf("steps %v, want %s", got, want)
+	}
+}
+
+// v1.8.0, the oldest Firecracker banger runs, is accepted.
+func TestOldestFirecracker(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, opts{})
+	bin := filepath.Join(h.dir, "bin", "firecracker-v1.8.0")
+	writeFile(t, bin, []byte("#!/bin/sh\necho 'Firecracker v1.8.0'\n"), 0o755)
+	if info := h.driver(Config{Binary: bin, Jailer: JailerOff}).Probe(ctx(t)); !info.Available || info.Version != "1.8.0" {
+		t.Errorf("probe of v1.8.0: %+v", info)
 	}
 }

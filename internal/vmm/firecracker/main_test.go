@@ -40,6 +40,9 @@ type opts struct {
 	jailer    JailerMode // default off
 	faults    []string   // fctest.Key values answered with a fault
 	ignoreCAD bool       // the guest ignores Ctrl-Alt-Del
+	// release, if set, is the name of the fake firecracker file, and
+	// bin/firecracker is a symlink to it, as releases are installed.
+	release string
 }
 
 // harness is one VM's worth of files, fake binaries and a driver. All of it
@@ -51,6 +54,9 @@ type harness struct {
 	events string
 	spec   vmm.Spec
 	drv    *Driver
+	// execName is the name of the real (not symlinked) firecracker file,
+	// which names the jail.
+	execName string
 }
 
 func newHarness(t *testing.T, o opts) *harness {
@@ -85,7 +91,14 @@ func newHarness(t *testing.T, o opts) *harness {
 	if o.ignoreCAD {
 		env[fctest.EnvIgnoreCtrlAltDel] = "1"
 	}
-	if err := fctest.WriteFake(filepath.Join(dir, "bin", "firecracker"), "firecracker", env); err != nil {
+	h.execName = "firecracker"
+	if o.release != "" {
+		h.execName = o.release
+		if err := os.Symlink(o.release, filepath.Join(dir, "bin", "firecracker")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fctest.WriteFake(filepath.Join(dir, "bin", h.execName), "firecracker", env); err != nil {
 		t.Fatal(err)
 	}
 	if err := fctest.WriteFake(filepath.Join(dir, "bin", "jailer"), "jailer", map[string]string{fctest.EnvEvents: h.events}); err != nil {
@@ -131,7 +144,7 @@ func (h *harness) driver(cfg Config) *Driver {
 }
 
 func (h *harness) jailDir() string {
-	return filepath.Join(h.dir, "jail", "firecracker", testID)
+	return filepath.Join(h.dir, "jail", h.execName, testID)
 }
 
 func (h *harness) readEvents() []fctest.Event {

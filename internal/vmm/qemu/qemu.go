@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -139,6 +138,9 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 // Launch starts QEMU paused and returns once its QMP socket answers. On
 // error no process is left.
 func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
+	if err := d.Validate(spec); err != nil {
+		return vmm.Process{}, err
+	}
 	info := d.Probe(ctx)
 	if !info.Available {
 		return vmm.Process{}, errdefs.FailedPrecondition("qemu: %s", info.Reason)
@@ -156,22 +158,12 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 		return vmm.Process{}, err
 	}
 	if err := vmm.WaitSocket(ctx, spec.ControlSocket, proc, vmm.SocketTimeout); err != nil {
-		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), kill(proc))
+		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
 	}
 	if _, err := d.run(ctx, spec, "query-status", nil); err != nil {
-		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), kill(proc))
+		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
 	}
 	return proc, nil
-}
-
-func kill(p vmm.Process) error {
-	if err := system.Signal(p.PID, p.StartTime, syscall.SIGKILL); err != nil {
-		return err
-	}
-	if !system.WaitExit(context.Background(), p.PID, p.StartTime, 10*time.Second) {
-		return fmt.Errorf("qemu pid %d survived SIGKILL", p.PID)
-	}
-	return nil
 }
 
 // Boot resumes the paused VM.

@@ -21,6 +21,7 @@ import (
 	"github.com/banger-vm/banger/internal/testutil/testimage"
 	"github.com/banger-vm/banger/internal/vmm"
 	"github.com/banger-vm/banger/internal/vmm/qemu"
+	"github.com/banger-vm/banger/internal/vmm/vmmtest"
 )
 
 const (
@@ -343,4 +344,19 @@ func report(b *testing.B, what string, xs []float64) {
 	b.ReportMetric(s[len(s)/2], what+"-median-s")
 	b.ReportMetric(s[0], what+"-min-s")
 	b.ReportMetric(s[len(s)-1], what+"-max-s")
+}
+
+// TestConformance runs the driver suite against real QEMU booting the tiny
+// test guest (under TCG on hosts without KVM). Opt-in: BANGER_VM_TESTS=1.
+func TestConformance(t *testing.T) {
+	img := testImage(t)
+	vmmtest.RunConformance(t, func(t *testing.T) vmmtest.Target {
+		return vmmtest.Target{
+			Driver:          qemu.New(),
+			Spec:            func(t *testing.T) vmm.Spec { return vmSpec(t, img) },
+			BootMarker:      testimage.BootMarker,
+			BootTimeout:     bootTimeout,
+			ShutdownTimeout: shutdownTimeout,
+		}
+	})
 }

@@ -1,4 +1,5 @@
-// Package vmmtest provides a fake VMM driver for unit tests of the
+// Package vmmtest holds the driver conformance suite (RunConformance),
+// which every vmm.Driver runs, and a fake VMM driver for unit tests of the
 // daemon's lifecycle rules and error paths. Its "VMM" is a real process (a
 // small shell loop in its own session), so liveness, signals, process
 // identity and timeouts are exercised for real; only the guest is missing.
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -99,12 +101,21 @@ func (f *Fake) Kind() string { return f.Info.Kind }
 
 func (f *Fake) Probe(context.Context) vmm.Info { return f.Info }
 
+// Validate refuses what every driver refuses (RunConformance's bad specs).
 func (f *Fake) Validate(spec vmm.Spec) error {
-	if spec.VCPUs < 1 {
-		return errors.New("fake: no vcpus")
+	switch {
+	case spec.VCPUs < 1:
+		return errdefs.InvalidArgument("fake: vcpus %d: at least one is needed", spec.VCPUs)
+	case spec.MemoryMiB < 64:
+		return errdefs.InvalidArgument("fake: memory %d MiB is too small", spec.MemoryMiB)
+	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
+		return errdefs.InvalidArgument("fake: incomplete vm spec: kernel, root disk, control socket and log path are required")
 	}
 	return nil
 }
+
+// BootLine is what the fake "guest" writes to the VM log on Boot.
+const BootLine = "[fake guest] booted"
 
 // SignalLog is where the fake VMM writes the signals it traps.
 func SignalLog(spec vmm.Spec) string { return filepath.Join(spec.VMDir, "signals") }
@@ -115,6 +126,12 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 		if err := f.OnLaunch(ctx, spec); err != nil {
 			return vmm.Process{}, err
 		}
+	}
+	if err := f.Validate(spec); err != nil {
+		return vmm.Process{}, err
+	}
+	if _, err := os.Stat(spec.RootDisk); err != nil {
+		return vmm.Process{}, errdefs.FailedPrecondition("fake: root disk: %w", err)
 	}
 	termAction := `echo TERM >> "$0"; exit 0`
 	if f.IgnoreTERM {
@@ -132,7 +149,7 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 			return vmm.Process{}, errors.New("fake: vmm exited during launch")
 		}
 		if ctx.Err() != nil {
-			_ = system.Signal(p.PID, p.StartTime, syscall.SIGKILL)
+			_ = vmm.Kill(context.WithoutCancel(ctx), p)
 			return vmm.Process{}, ctx.Err()
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -149,9 +166,21 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 func (f *Fake) Boot(ctx context.Context, spec vmm.Spec) error {
 	f.record("boot " + spec.Name)
 	if f.OnBoot != nil {
-		return f.OnBoot(ctx, spec)
+		if err := f.OnBoot(ctx, spec); err != nil {
+			return err
+		}
 	}
-	return nil
+	p := f.Process(spec.ID)
+	if !system.Alive(p.PID, p.StartTime) {
+		return fmt.Errorf("fake: vm %s is not running", spec.Name)
+	}
+	log, err := os.OpenFile(spec.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	_, err = log.WriteString(BootLine + "\n")
+	return err
 }
 
 // Shutdown stands for Ctrl-Alt-Del: the "guest" powers off, so the VMM

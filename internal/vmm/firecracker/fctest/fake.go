@@ -250,8 +250,6 @@ func runJailer(args []string) int {
 		return fail("--id, --exec-file, --uid and --gid are required")
 	case !jailerID.MatchString(*id):
 		return fail("invalid id %q", *id)
-	case !strings.Contains(filepath.Base(*execFile), "firecracker"):
-		return fail("Invalid filename. The filename of `--exec-file` option must contain \"firecracker\": %s", filepath.Base(*execFile))
 	case *cgroupVersion != "1" && *cgroupVersion != "2":
 		return fail("invalid cgroup version %q", *cgroupVersion)
 	case *chrootBase == "/srv/jailer":
@@ -266,17 +264,26 @@ func runJailer(args []string) int {
 	if err1 != nil || err2 != nil || u < 0 || g < 0 {
 		return fail("invalid uid:gid %s:%s", *uid, *gid)
 	}
-	fi, err := os.Stat(*execFile)
-	if err != nil || !fi.Mode().IsRegular() {
+	// The jailer canonicalises --exec-file: the jail is named after, and
+	// holds a copy of, the file a symlink points to.
+	resolved, err := filepath.EvalSymlinks(*execFile)
+	if err != nil {
 		return fail("exec file %s: %v", *execFile, err)
 	}
-	name := filepath.Base(*execFile)
+	fi, err := os.Stat(resolved)
+	if err != nil || !fi.Mode().IsRegular() {
+		return fail("exec file %s: %v", resolved, err)
+	}
+	name := filepath.Base(resolved)
+	if !strings.Contains(name, "firecracker") {
+		return fail("Invalid filename. The filename of `--exec-file` option must contain \"firecracker\": %s", name)
+	}
 	root := filepath.Join(*chrootBase, name, *id, "root")
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return fail("%v", err)
 	}
 	exe := filepath.Join(root, name)
-	if err := copyExec(*execFile, exe); err != nil {
+	if err := copyExec(resolved, exe); err != nil {
 		return fail("copy exec file: %v", err)
 	}
 	if err := os.Chown(root, u, g); err != nil {
