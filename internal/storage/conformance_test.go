@@ -1,0 +1,45 @@
+package storage_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/banger-vm/banger/internal/storage"
+	"github.com/banger-vm/banger/internal/storage/storagetest"
+	"github.com/banger-vm/banger/internal/testutil"
+)
+
+func backend(t *testing.T, k storage.Kind) storage.Backend {
+	t.Helper()
+	b, err := storage.New(k, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestConformanceSparseCopy(t *testing.T) {
+	storagetest.Run(t, backend(t, storage.KindSparseCopy), t.TempDir())
+}
+
+func TestConformanceQCOW2(t *testing.T) {
+	storagetest.Run(t, backend(t, storage.KindQCOW2), t.TempDir())
+}
+
+func TestConformanceReflink(t *testing.T) {
+	testutil.RequireRoot(t)
+	storagetest.Run(t, backend(t, storage.KindReflink), storagetest.XFS(t))
+}
+
+// TestConformanceDMSnapshot runs on a host with device-mapper (this build
+// machine has none): opted in there, any failure fails.
+func TestConformanceDMSnapshot(t *testing.T) {
+	if !testutil.OptedIn() {
+		t.Skipf("needs root and device-mapper: set %s=1 to run", testutil.EnvVMTests)
+	}
+	if _, err := os.Stat("/dev/mapper/control"); err != nil {
+		t.Skipf("device-mapper is absent on this host (%v): the dm-snapshot commands are checked by the unit tests only", err)
+	}
+	testutil.RequireTools(t, "dmsetup", "losetup")
+	storagetest.Run(t, backend(t, storage.KindDMSnapshot), t.TempDir())
+}
