@@ -1,7 +1,9 @@
 package storage_test
 
 import (
+	"context"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/banger-vm/banger/internal/storage"
@@ -42,4 +44,16 @@ func TestConformanceDMSnapshot(t *testing.T) {
 	}
 	testutil.RequireTools(t, "dmsetup", "losetup")
 	storagetest.Run(t, backend(t, storage.KindDMSnapshot), t.TempDir())
+}
+
+func TestProbeFindsReflinkOnXFS(t *testing.T) {
+	dir := storagetest.XFS(t)
+	h := storage.Probe(context.Background(), dir)
+	if !h.Reflink || !strings.Contains(h.ReflinkWhy, "xfs") {
+		t.Fatalf("reflink on xfs probed as %v: %s", h.Reflink, h.ReflinkWhy)
+	}
+	k, why, err := storage.Choose(storage.KindAuto, storage.Need{VMM: "firecracker"}, h)
+	if err != nil || k != storage.KindReflink {
+		t.Fatalf("auto on xfs for firecracker: %q %q %v", k, why, err)
+	}
 }
