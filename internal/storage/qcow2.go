@@ -24,6 +24,9 @@ import (
 // hundred KiB whatever the image's size; QEMU opens the backing file
 // read-only. Firecracker cannot read qcow2.
 //
+// The overlay is written by banger itself (qcow2write.go), in the layout
+// `qemu-img create -f qcow2 -F raw -b IMAGE OVERLAY SIZE` produces.
+//
 // A disk larger than its image gets a larger virtual size, and its ext4 is
 // grown on the host at create: qemu-storage-daemon exports the overlay as a
 // raw file over FUSE (a temporary mount next to the overlay), and e2fsck
@@ -35,7 +38,8 @@ var _ Backend = (*QCOW2)(nil)
 
 func (*QCOW2) Kind() Kind { return KindQCOW2 }
 
-// qcow2CreateCmd is the qemu-img command that writes the overlay.
+// qcow2CreateCmd is the qemu-img command that makes the same overlay as
+// writeQCOW2Overlay; the tests compare the two.
 func qcow2CreateCmd(image, overlay string, size int64) Cmd {
 	return Cmd{Name: "qemu-img", Args: []string{"create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, overlay, strconv.FormatInt(size, 10)}}
 }
@@ -66,22 +70,24 @@ func (q *QCOW2) Create(ctx context.Context, d Disk) (err error) {
 	if !filepath.IsAbs(d.Image) {
 		return fmt.Errorf("image root %q must be an absolute path (the overlay records it as its backing file): %w", d.Image, errdefs.ErrInvalidArgument)
 	}
-	// Claim the path: qemu-img would overwrite an existing file.
 	f, err := os.OpenFile(d.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create vm disk: %w", err)
 	}
-	f.Close()
 	defer func() {
 		if err != nil {
 			os.Remove(d.Path)
 		}
 	}()
-	if err := os.Chmod(d.Path, 0o600); err != nil {
-		return err
+	err = f.Chmod(0o600)
+	if err == nil {
+		err = writeQCOW2Overlay(f, d.Image, d.Size)
 	}
-	if _, err := q.opts.run(ctx, qcow2CreateCmd(d.Image, d.Path, d.Size)); err != nil {
-		return err
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write qcow2 overlay %q: %w", d.Path, err)
 	}
 	if d.Size > imgSize {
 		return q.grow(ctx, d.Path)
