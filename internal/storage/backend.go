@@ -115,6 +115,18 @@ func New(k Kind, o Options) (Backend, error) {
 	return nil, fmt.Errorf("disk strategy %q has no backend (hint: resolve auto with Choose first): %w", k, errdefs.ErrInvalidArgument)
 }
 
+// FileName is the name of a VM's disk file under strategy k, in the VM's
+// directory: the format shows in the name.
+func FileName(k Kind) string {
+	switch k {
+	case KindQCOW2:
+		return "rootfs.qcow2"
+	case KindDMSnapshot:
+		return "rootfs.cow"
+	}
+	return "rootfs.ext4"
+}
+
 // imageSize checks the image and the requested size and returns the
 // image's size.
 func imageSize(d Disk) (int64, error) {
