@@ -3,6 +3,7 @@ package storage_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -55,5 +56,26 @@ func TestProbeFindsReflinkOnXFS(t *testing.T) {
 	k, why, err := storage.Choose(storage.KindAuto, storage.Need{VMM: "firecracker"}, h)
 	if err != nil || k != storage.KindReflink {
 		t.Fatalf("auto on xfs for firecracker: %q %q %v", k, why, err)
+	}
+}
+
+// TestConformanceQCOW2Cached runs the suite with grown layers cached: a
+// disk larger than its image is an overlay over a read-only grown layer.
+func TestConformanceQCOW2Cached(t *testing.T) {
+	cache := filepath.Join(t.TempDir(), "cache")
+	b, err := storage.New(storage.KindQCOW2, storage.Options{CacheDir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	storagetest.Run(t, b, dir)
+	layers, _ := filepath.Glob(filepath.Join(cache, "grown-*"))
+	if len(layers) != 2 { // 3x and 2x the image, each made once
+		t.Fatalf("grown layers %v, want one per disk size", layers)
+	}
+	for _, l := range layers {
+		if fi, err := os.Stat(l); err != nil || fi.Mode().Perm() != 0o444 {
+			t.Fatalf("grown layer %s: %v %v, want mode 0444", l, fi, err)
+		}
 	}
 }

@@ -30,6 +30,10 @@ type Options struct {
 	// DMControl is device-mapper's control node; empty means
 	// /dev/mapper/control.
 	DMControl string
+	// CacheDir keeps qcow2's grown image layers (one per image and disk
+	// size); empty grows every VM's overlay itself. The daemon passes a
+	// directory of its state dir, e.g. <state>/cache/disks.
+	CacheDir string
 }
 
 func (o Options) dmControl() string {

@@ -17,12 +17,13 @@ import (
 type Scope struct {
 	VMsDir    string // one directory per VM id, holding its disk
 	ImagesDir string // image roots, the origins of dm-snapshot loop devices
+	CacheDir  string // Options.CacheDir: qcow2's grown image layers
 }
 
 // Orphan is a host object a backend made that no VM owns any more.
 type Orphan struct {
-	Kind string `json:"kind"` // "dm-device", "loop-device" or "grow-mount"
-	Name string `json:"name"` // dm name, /dev/loopN, or the mount point
+	Kind string `json:"kind"` // "dm-device", "loop-device", "grow-mount" or "grown-layer"
+	Name string `json:"name"` // dm name, /dev/loopN, mount point, or file
 	// Detail says what it points at, for the log.
 	Detail string `json:"detail,omitempty"`
 }
@@ -98,14 +99,20 @@ func FindOrphans(ctx context.Context, o Options, s Scope, owned []string) ([]Orp
 			out = append(out, Orphan{Kind: "loop-device", Name: dev, Detail: back})
 		}
 	}
-	mounts, err := growMounts(s.VMsDir)
+	for _, dir := range []string{s.VMsDir, s.CacheDir} {
+		mounts, err := growMounts(dir)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, mp := range mounts {
+			out = append(out, Orphan{Kind: "grow-mount", Name: mp})
+		}
+	}
+	layers, err := staleLayers(s.CacheDir)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, mp := range mounts {
-		out = append(out, Orphan{Kind: "grow-mount", Name: mp})
-	}
-	return out, errors.Join(errs...)
+	return append(out, layers...), errors.Join(errs...)
 }
 
 // growMounts lists the qcow2 grow views mounted under dir.
@@ -147,6 +154,58 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
+// staleLayers lists the grown layers in dir whose image is gone, and the
+// temporary files of a grow a crash interrupted.
+func staleLayers(dir string) ([]Orphan, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Orphan
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "grown-") || strings.HasSuffix(name, ".grow-view") || strings.HasSuffix(name, ".grow-pid") {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if strings.Contains(name, ".tmp-") {
+			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: "interrupted grow"})
+			continue
+		}
+		h, err := ReadQCOW2Header(p)
+		if err != nil {
+			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: err.Error()})
+			continue
+		}
+		if _, err := os.Stat(h.BackingFile); errors.Is(err, os.ErrNotExist) {
+			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: "image " + h.BackingFile + " is gone"})
+		}
+	}
+	return out, nil
+}
+
+// RemoveImageLayers deletes the grown layers cached for image; the daemon
+// calls it when it deletes the image (which it refuses while a VM uses it).
+func RemoveImageLayers(o Options, image string) error {
+	layers, err := filepath.Glob(filepath.Join(o.CacheDir, "grown-*.qcow2"))
+	if err != nil || o.CacheDir == "" {
+		return err
+	}
+	var errs []error
+	for _, p := range layers {
+		if h, err := ReadQCOW2Header(p); err == nil && h.BackingFile == image {
+			errs = append(errs, removeFile(p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // RemoveOrphans removes what FindOrphans found: dm devices first (they
 // hold the loop devices), then loop devices, then grow mounts. It keeps
 // going past failures and joins them.
@@ -160,10 +219,12 @@ func RemoveOrphans(ctx context.Context, o Options, orphans []Orphan) error {
 			return 1
 		case x.Kind == "loop-device":
 			return 2
+		case x.Kind == "grow-mount":
+			return 3
 		}
-		return 3
+		return 4
 	}
-	for pass := 0; pass < 4; pass++ {
+	for pass := 0; pass < 5; pass++ {
 		for _, x := range orphans {
 			if rank(x) != pass {
 				continue
@@ -176,6 +237,8 @@ func RemoveOrphans(ctx context.Context, o Options, orphans []Orphan) error {
 				_, err = o.run(ctx, losetupDetachCmd(x.Name))
 			case "grow-mount":
 				err = cleanupGrowView(strings.TrimSuffix(x.Name, ".grow-view"))
+			case "grown-layer":
+				err = errors.Join(cleanupGrowView(x.Name), removeFile(x.Name))
 			}
 			if err != nil {
 				errs = append(errs, err)

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/banger-vm/banger/internal/storage"
@@ -88,4 +89,60 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 		t.Fatalf("orphans after removal: %v", again)
 	}
 	exec.Command("losetup", "--detach", kept).Run()
+}
+
+// TestQCOW2GrownLayerReusedAndCleaned: the second disk of a size reuses
+// the grown layer made for the first; a layer whose image is gone is an
+// orphan; RemoveImageLayers deletes an image's layers.
+func TestQCOW2GrownLayerReusedAndCleaned(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTools(t, "qemu-storage-daemon", "mkfs.ext4", "e2fsck", "resize2fs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := storage.Scope{VMsDir: filepath.Join(dir, "vms"), ImagesDir: filepath.Join(dir, "images"), CacheDir: filepath.Join(dir, "cache")}
+	o := storage.Options{CacheDir: s.CacheDir}
+	img := filepath.Join(s.ImagesDir, "rootfs.ext4")
+	os.MkdirAll(s.ImagesDir, 0o700)
+	os.MkdirAll(s.VMsDir, 0o700)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	b, _ := storage.New(storage.KindQCOW2, o)
+	var layerIno []uint64
+	for _, vm := range []string{"a", "b"} {
+		d := storage.Disk{VMID: vm, Image: img, Path: filepath.Join(s.VMsDir, vm+".qcow2"), Size: 96 << 20}
+		if err := b.Create(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		h, err := storage.ReadQCOW2Header(d.Path)
+		if err != nil || h.BackingFormat != "qcow2" || !strings.HasPrefix(h.BackingFile, s.CacheDir+"/grown-") {
+			t.Fatalf("overlay of %s: %+v %v", vm, h, err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(h.BackingFile, &st); err != nil {
+			t.Fatal(err)
+		}
+		layerIno = append(layerIno, st.Ino)
+		if _, err := b.Attach(ctx, d); err != nil {
+			t.Fatalf("attach over the grown layer: %v", err)
+		}
+	}
+	if layerIno[0] != layerIno[1] {
+		t.Fatal("the second disk of a size made a new grown layer")
+	}
+	if orphans, err := storage.FindOrphans(ctx, o, s, []string{"a", "b"}); err != nil || len(orphans) != 0 {
+		t.Fatalf("orphans while the image exists: %v %v", orphans, err)
+	}
+	os.Rename(img, img+".moved")
+	orphans, err := storage.FindOrphans(ctx, o, s, nil)
+	if err != nil || len(orphans) != 1 || orphans[0].Kind != "grown-layer" {
+		t.Fatalf("orphans once the image is gone: %v %v", orphans, err)
+	}
+	os.Rename(img+".moved", img)
+	if err := storage.RemoveImageLayers(o, img); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.CacheDir, "*")); len(left) != 0 {
+		t.Fatalf("RemoveImageLayers left %v", left)
+	}
 }

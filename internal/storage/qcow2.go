@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,10 +29,14 @@ import (
 // `qemu-img create -f qcow2 -F raw -b IMAGE OVERLAY SIZE` produces.
 //
 // A disk larger than its image gets a larger virtual size, and its ext4 is
-// grown on the host at create: qemu-storage-daemon exports the overlay as a
-// raw file over FUSE (a temporary mount next to the overlay), and e2fsck
-// and resize2fs run against that file. Only the new groups' metadata lands
-// in the overlay (about 2 MB for 1 GiB grown to 4 GiB, about 1 s).
+// grown on the host: qemu-storage-daemon exports a qcow2 as a raw file over
+// FUSE (a temporary mount next to it), and e2fsck and resize2fs run against
+// that file; only the new groups' metadata lands in the qcow2 (a few MB).
+// That takes seconds, so with Options.CacheDir set it is done once per
+// (image, size) into a read-only layer kept there, grown-<hash>-<size>.qcow2
+// (backed by the image), and each VM's overlay is backed by that layer:
+// constant time again from the second VM of a size on. Without CacheDir
+// each VM's overlay is grown in place.
 type QCOW2 struct{ opts Options }
 
 var _ Backend = (*QCOW2)(nil)
@@ -70,29 +75,87 @@ func (q *QCOW2) Create(ctx context.Context, d Disk) (err error) {
 	if !filepath.IsAbs(d.Image) {
 		return fmt.Errorf("image root %q must be an absolute path (the overlay records it as its backing file): %w", d.Image, errdefs.ErrInvalidArgument)
 	}
-	f, err := os.OpenFile(d.Path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	backing, format := d.Image, FormatRaw
+	if d.Size > imgSize && q.opts.CacheDir != "" {
+		if backing, err = q.grownBase(ctx, d.Image, d.Size); err != nil {
+			return err
+		}
+		format = FormatQCOW2
+	}
+	if err := newOverlay(d.Path, backing, format, d.Size); err != nil {
+		return err
+	}
+	if d.Size > imgSize && q.opts.CacheDir == "" {
+		if err := q.grow(ctx, d.Path); err != nil {
+			os.Remove(d.Path)
+			return err
+		}
+	}
+	return nil
+}
+
+// newOverlay writes a new overlay at path (mode 0600, never over an
+// existing file); on error nothing is left.
+func newOverlay(path, backing string, format Format, size int64) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create vm disk: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			os.Remove(d.Path)
-		}
-	}()
 	err = f.Chmod(0o600)
 	if err == nil {
-		err = writeQCOW2Overlay(f, d.Image, d.Size)
+		err = writeQCOW2Overlay(f, backing, format, size)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("write qcow2 overlay %q: %w", d.Path, err)
-	}
-	if d.Size > imgSize {
-		return q.grow(ctx, d.Path)
+		os.Remove(path)
+		return fmt.Errorf("write qcow2 overlay %q: %w", path, err)
 	}
 	return nil
+}
+
+// grownBaseName is the cached grown layer of image at size.
+func (q *QCOW2) grownBaseName(image string, size int64) string {
+	sum := sha256.Sum256([]byte(image))
+	return filepath.Join(q.opts.CacheDir, fmt.Sprintf("grown-%x-%d.qcow2", sum[:8], size))
+}
+
+// grownBase returns a read-only qcow2 layer over image whose ext4 fills
+// size bytes, made once per (image, size) and kept in CacheDir: every VM
+// of that size then gets a constant-time overlay on top of it. It is made
+// under a temporary name and renamed, so concurrent creates are safe.
+func (q *QCOW2) grownBase(ctx context.Context, image string, size int64) (string, error) {
+	name := q.grownBaseName(image, size)
+	if h, err := ReadQCOW2Header(name); err == nil && h.BackingFile == image && h.BackingFormat == string(FormatRaw) && h.Size == uint64(size) {
+		return name, nil
+	}
+	if err := os.MkdirAll(q.opts.CacheDir, 0o700); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(q.opts.CacheDir, filepath.Base(name)+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	os.Remove(tmpName)
+	if err := newOverlay(tmpName, image, FormatRaw, size); err != nil {
+		return "", err
+	}
+	err = q.grow(ctx, tmpName)
+	if err == nil {
+		err = os.Chmod(tmpName, 0o444)
+	}
+	if err == nil {
+		err = os.Rename(tmpName, name)
+	}
+	if err != nil {
+		os.Remove(tmpName)
+		return "", fmt.Errorf("grow image %q to %d bytes: %w", image, size, err)
+	}
+	q.opts.log().Info("grown image layer cached", "image", image, "size", size, "path", name)
+	return name, nil
 }
 
 // grow resizes the ext4 inside the overlay to its virtual size through a
@@ -160,7 +223,12 @@ func (*QCOW2) Attach(_ context.Context, d Disk) (Attachment, error) {
 	if err != nil {
 		return Attachment{}, err
 	}
-	if h.BackingFile != d.Image || h.BackingFormat != "raw" {
+	if h.BackingFormat == string(FormatQCOW2) { // over a cached grown layer
+		if h, err = ReadQCOW2Header(h.BackingFile); err != nil {
+			return Attachment{}, err
+		}
+	}
+	if h.BackingFile != d.Image || h.BackingFormat != string(FormatRaw) {
 		return Attachment{}, fmt.Errorf("vm disk %q is backed by %q (%s), not the image %q (raw): %w", d.Path, h.BackingFile, h.BackingFormat, d.Image, errdefs.ErrFailedPrecondition)
 	}
 	return Attachment{Path: d.Path, Format: FormatQCOW2}, nil

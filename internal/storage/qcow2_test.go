@@ -108,7 +108,7 @@ func TestQCOW2Header(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := writeQCOW2Overlay(f, img, size); err != nil {
+			if err := writeQCOW2Overlay(f, img, FormatRaw, size); err != nil {
 				t.Fatal(err)
 			}
 			f.Close()

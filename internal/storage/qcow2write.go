@@ -25,8 +25,9 @@ const (
 )
 
 // qcow2Overlay returns the bytes of a fresh overlay of size bytes backed by
-// the raw file backing, and the file's length (the tail is zero: holes).
-func qcow2Overlay(backing string, size int64) ([]byte, int64, error) {
+// the file backing in format, and the file's length (the tail is zero:
+// holes).
+func qcow2Overlay(backing string, format Format, size int64) ([]byte, int64, error) {
 	if len(backing) == 0 || len(backing) > qcow2MaxBackingLen {
 		return nil, 0, fmt.Errorf("backing file name of %d bytes: qcow2 takes 1 to %d: %w", len(backing), qcow2MaxBackingLen, errdefs.ErrInvalidArgument)
 	}
@@ -58,8 +59,11 @@ func qcow2Overlay(backing string, size int64) ([]byte, int64, error) {
 	be.PutUint32(h[100:], qcow2HeaderLength)
 	off := qcow2HeaderLength
 	be.PutUint32(h[off:], qcow2ExtBackingFmt)
-	be.PutUint32(h[off+4:], uint32(len("raw")))
-	copy(h[off+8:], "raw")
+	if format != FormatRaw && format != FormatQCOW2 {
+		return nil, 0, fmt.Errorf("backing format %q: %w", format, errdefs.ErrInvalidArgument)
+	}
+	be.PutUint32(h[off+4:], uint32(len(format)))
+	copy(h[off+8:], format)
 	off += 8 + 8
 	be.PutUint32(h[off:], qcow2ExtEnd)
 	off += 8
@@ -78,8 +82,8 @@ func qcow2Overlay(backing string, size int64) ([]byte, int64, error) {
 }
 
 // writeQCOW2Overlay writes a fresh overlay into f (new and empty).
-func writeQCOW2Overlay(f *os.File, backing string, size int64) error {
-	b, length, err := qcow2Overlay(backing, size)
+func writeQCOW2Overlay(f *os.File, backing string, format Format, size int64) error {
+	b, length, err := qcow2Overlay(backing, format, size)
 	if err != nil {
 		return err
 	}
