@@ -79,3 +79,42 @@ func TestConformanceQCOW2Cached(t *testing.T) {
 		}
 	}
 }
+
+// TestConformanceReflinkCached runs the suite with grown clones cached on
+// the same XFS: a disk larger than its image is a clone of a grown clone.
+func TestConformanceReflinkCached(t *testing.T) {
+	testutil.RequireRoot(t)
+	fs := storagetest.XFS(t)
+	cache := filepath.Join(fs, "cache")
+	b, err := storage.New(storage.KindReflink, storage.Options{CacheDir: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(fs, "suite")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.Run(t, b, dir)
+	layers, _ := filepath.Glob(filepath.Join(cache, "grown-*"))
+	if len(layers) != 2 {
+		t.Fatalf("grown clones %v, want one per disk size", layers)
+	}
+	for _, l := range layers {
+		if fi, err := os.Stat(l); err != nil || fi.Mode().Perm() != 0o444 {
+			t.Fatalf("grown clone %s: %v %v, want mode 0444", l, fi, err)
+		}
+	}
+	ctx := context.Background()
+	// The suite's image still exists: its clones, which name it in an
+	// xattr, are no orphans; deleting the image deletes them.
+	orphans, err := storage.FindOrphans(ctx, storage.Options{}, storage.Scope{CacheDir: cache}, nil)
+	if err != nil || len(orphans) != 0 {
+		t.Fatalf("grown clones of an existing image: orphans %v %v", orphans, err)
+	}
+	if err := storage.RemoveImageLayers(storage.Options{CacheDir: cache}, filepath.Join(dir, "images", "rootfs.ext4")); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(cache, "*")); len(left) != 0 {
+		t.Fatalf("left %v", left)
+	}
+}

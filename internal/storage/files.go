@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -23,9 +24,61 @@ var _ Backend = (*ReflinkDisk)(nil)
 
 func (*ReflinkDisk) Kind() Kind { return KindReflink }
 
+// Create clones the image; a disk larger than the image is cloned from a
+// grown copy of the image kept in Options.CacheDir (made once per image and
+// size, by clone, truncate and resize2fs) when CacheDir is set, else grown
+// in place.
 func (r *ReflinkDisk) Create(ctx context.Context, d Disk) error {
-	return makeRawDisk(ctx, d, true)
+	imgSize, err := imageSize(d)
+	if err != nil {
+		return err
+	}
+	if d.Size == imgSize || r.opts.CacheDir == "" {
+		return makeRawDisk(ctx, d, true)
+	}
+	base, err := r.grownBase(ctx, d)
+	if err != nil {
+		return err
+	}
+	return cloneFile(ctx, base, d.Path, true)
 }
+
+// grownBase returns the cached grown clone of d.Image at d.Size, mode 0444,
+// recording its image in the xattr user.banger.image (for orphan checks).
+func (r *ReflinkDisk) grownBase(ctx context.Context, d Disk) (string, error) {
+	name := grownLayerName(r.opts.CacheDir, d.Image, d.Size, "raw")
+	if fi, err := os.Stat(name); err == nil && fi.Size() == d.Size {
+		return name, nil
+	}
+	if err := os.MkdirAll(r.opts.CacheDir, 0o700); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(r.opts.CacheDir, filepath.Base(name)+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	os.Remove(tmpName)
+	err = makeRawDisk(ctx, Disk{VMID: d.VMID, Image: d.Image, Path: tmpName, Size: d.Size}, true)
+	if err == nil {
+		err = unix.Setxattr(tmpName, layerImageXattr, []byte(d.Image), 0)
+	}
+	if err == nil {
+		err = os.Chmod(tmpName, 0o444)
+	}
+	if err == nil {
+		err = os.Rename(tmpName, name)
+	}
+	if err != nil {
+		os.Remove(tmpName)
+		return "", fmt.Errorf("grow image %q to %d bytes: %w", d.Image, d.Size, err)
+	}
+	r.opts.log().Info("grown image clone cached", "image", d.Image, "size", d.Size, "path", name)
+	return name, nil
+}
+
+const layerImageXattr = "user.banger.image"
 
 func (*ReflinkDisk) Attach(_ context.Context, d Disk) (Attachment, error) {
 	return attachFile(d, FormatRaw)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -178,29 +180,47 @@ func staleLayers(dir string) ([]Orphan, error) {
 			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: "interrupted grow"})
 			continue
 		}
-		h, err := ReadQCOW2Header(p)
+		image, err := layerImage(p)
 		if err != nil {
 			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: err.Error()})
 			continue
 		}
-		if _, err := os.Stat(h.BackingFile); errors.Is(err, os.ErrNotExist) {
-			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: "image " + h.BackingFile + " is gone"})
+		if _, err := os.Stat(image); errors.Is(err, os.ErrNotExist) {
+			out = append(out, Orphan{Kind: "grown-layer", Name: p, Detail: "image " + image + " is gone"})
 		}
 	}
 	return out, nil
 }
 
+// layerImage says which image a grown layer was made from: a qcow2
+// layer's backing file, or a raw layer's user.banger.image xattr.
+func layerImage(p string) (string, error) {
+	if strings.HasSuffix(p, ".qcow2") {
+		h, err := ReadQCOW2Header(p)
+		return h.BackingFile, err
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Getxattr(p, layerImageXattr, buf)
+	if err != nil {
+		return "", fmt.Errorf("read %s of %q: %w", layerImageXattr, p, err)
+	}
+	return string(buf[:n]), nil
+}
+
 // RemoveImageLayers deletes the grown layers cached for image; the daemon
 // calls it when it deletes the image (which it refuses while a VM uses it).
 func RemoveImageLayers(o Options, image string) error {
-	layers, err := filepath.Glob(filepath.Join(o.CacheDir, "grown-*.qcow2"))
-	if err != nil || o.CacheDir == "" {
+	if o.CacheDir == "" {
+		return nil
+	}
+	layers, err := filepath.Glob(filepath.Join(o.CacheDir, grownLayerPrefix(image)+"*"))
+	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, p := range layers {
-		if h, err := ReadQCOW2Header(p); err == nil && h.BackingFile == image {
-			errs = append(errs, removeFile(p))
+		if got, err := layerImage(p); err == nil && got == image {
+			errs = append(errs, cleanupGrowView(p), removeFile(p))
 		}
 	}
 	return errors.Join(errs...)

@@ -115,10 +115,15 @@ func newOverlay(path, backing string, format Format, size int64) (err error) {
 	return nil
 }
 
-// grownBaseName is the cached grown layer of image at size.
-func (q *QCOW2) grownBaseName(image string, size int64) string {
+// grownLayerName is the cached grown layer of image at size, in dir; ext
+// is its format (qcow2 or raw).
+func grownLayerName(dir, image string, size int64, ext string) string {
+	return filepath.Join(dir, fmt.Sprintf("%s%d.%s", grownLayerPrefix(image), size, ext))
+}
+
+func grownLayerPrefix(image string) string {
 	sum := sha256.Sum256([]byte(image))
-	return filepath.Join(q.opts.CacheDir, fmt.Sprintf("grown-%x-%d.qcow2", sum[:8], size))
+	return fmt.Sprintf("grown-%x-", sum[:8])
 }
 
 // grownBase returns a read-only qcow2 layer over image whose ext4 fills
@@ -126,7 +131,7 @@ func (q *QCOW2) grownBaseName(image string, size int64) string {
 // of that size then gets a constant-time overlay on top of it. It is made
 // under a temporary name and renamed, so concurrent creates are safe.
 func (q *QCOW2) grownBase(ctx context.Context, image string, size int64) (string, error) {
-	name := q.grownBaseName(image, size)
+	name := grownLayerName(q.opts.CacheDir, image, size, "qcow2")
 	if h, err := ReadQCOW2Header(name); err == nil && h.BackingFile == image && h.BackingFormat == string(FormatRaw) && h.Size == uint64(size) {
 		return name, nil
 	}
