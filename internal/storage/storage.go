@@ -1,6 +1,14 @@
-// Package storage makes each VM's writable root disk from its image's root
-// filesystem. Strategies sit behind one interface; this one is a sparse
-// copy, which works on every filesystem.
+// Package storage makes each VM's writable root disk over its image's root
+// filesystem, which stays read-only. Four strategies sit behind Backend:
+// qcow2 (an overlay backed by the image; QEMU only), reflink (a FICLONE
+// clone; XFS or btrfs), dm-snapshot (a device-mapper snapshot of a
+// read-only loop device of the image, set up at start and torn down at
+// stop) and sparse-copy (a copy of the image's data; anywhere). Probe finds
+// what the host offers, Choose picks one per VM and says why, Report tells
+// doctor, FindOrphans/RemoveOrphans clean up after a crash.
+//
+// Strategy and SparseCopy are the older create/remove interface the daemon
+// still calls; Backend replaces them.
 package storage
 
 import (
@@ -14,7 +22,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Strategy creates and removes a VM's root disk.
+// Strategy creates and removes a VM's root disk. Deprecated: use Backend;
+// kept until the daemon moves to it.
 type Strategy interface {
 	Name() string
 	// Create makes dst from the image src, grown to size bytes (ext4 is
@@ -33,44 +42,8 @@ var _ Strategy = SparseCopy{}
 
 func (SparseCopy) Name() string { return "sparse-copy" }
 
-func (SparseCopy) Create(ctx context.Context, src, dst string, size int64) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("open image rootfs: %w", err)
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if size < fi.Size() {
-		return fmt.Errorf("disk size %d is smaller than the image's root filesystem (%d bytes)", size, fi.Size())
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("create vm disk: %w", err)
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(dst)
-		}
-	}()
-	if err := copySparse(ctx, in, out, fi.Size()); err != nil {
-		return fmt.Errorf("copy image rootfs: %w", err)
-	}
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
-	if size > fi.Size() {
-		return growExt4(ctx, dst)
-	}
-	return nil
+func (SparseCopy) Create(ctx context.Context, src, dst string, size int64) error {
+	return makeRawDisk(ctx, Disk{Image: src, Path: dst, Size: size}, false)
 }
 
 func (SparseCopy) Remove(_ context.Context, dst string) error {
