@@ -322,7 +322,13 @@ func (ss *session) command(req ExecRequest, shell bool) (*exec.Cmd, error) {
 		cmd.Args = req.Argv
 	}
 	cmd.Dir = req.Dir
-	if cmd.Dir == "" {
+	if cmd.Dir != "" {
+		if fi, err := os.Stat(cmd.Dir); err != nil {
+			return nil, fmt.Errorf("working directory: %w", err)
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("working directory %q is not a directory", cmd.Dir)
+		}
+	} else {
 		cmd.Dir = acct.home
 		if fi, err := os.Stat(cmd.Dir); err != nil || !fi.IsDir() {
 			cmd.Dir = "/"
