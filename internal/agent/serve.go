@@ -28,10 +28,9 @@ const VsockPort = 1024
 const retryDelay = 250 * time.Millisecond
 
 // ServeDevice serves the host over the virtio-serial port at path (""
-// finds the port named SerialPortName) until ctx ends. The port is one byte stream that outlives host connections:
-// each time the host connects, one SSH connection is served on it; when the
-// host disconnects (read returns EOF) or sends garbage, the port is closed
-// and opened again for the next host.
+// finds the port named SerialPortName) until ctx ends: one host
+// connection after another, each starting with the sync exchange (see
+// serial.go).
 func (s *Server) ServeDevice(ctx context.Context, path string) error {
 	for ctx.Err() == nil {
 		p := path
@@ -44,12 +43,11 @@ func (s *Server) ServeDevice(ctx context.Context, path string) error {
 			sleep(ctx, 4*retryDelay)
 			continue
 		}
-		if err := waitReadable(ctx, f); err != nil {
-			f.Close()
-			continue
-		}
-		if err := s.ServeConn(ctx, fileConn{f}); err != nil && !errors.Is(err, net.ErrClosed) {
-			s.logger.Info("host connection ended", "err", err)
+		err = s.serveStream(ctx, fileConn{f}, func() error { return waitReadable(ctx, f) })
+		f.Close()
+		if err != nil && ctx.Err() == nil {
+			s.logger.Warn("agent port failed, reopening", "path", p, "err", err)
+			sleep(ctx, retryDelay)
 		}
 	}
 	return ctx.Err()

@@ -69,6 +69,11 @@ func NewServer(logger *slog.Logger, sys System, build string, opts ...ServerOpti
 // returns are killed.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	defer c.Close()
+	return s.serve(ctx, c)
+}
+
+// serve serves one SSH connection on c; the connection's end closes c.
+func (s *Server) serve(ctx context.Context, c net.Conn) error {
 	cfg := &ssh.ServerConfig{NoClientAuth: true, ServerVersion: ServerVersion(s.proto)}
 	cfg.AddHostKey(s.hostKey)
 	// Deadlines are best effort: a transport without them relies on the

@@ -23,6 +23,24 @@ func DialSerial(ctx context.Context, logger *slog.Logger, path string) (*Client,
 	if err != nil {
 		return nil, errdefs.Unavailable("guest agent: connect to %s: %v", path, err)
 	}
+	return newSerialClient(ctx, logger, c)
+}
+
+// newSerialClient syncs with the agent on the serial stream c, then runs
+// the SSH handshake. Waiting for the sync is bounded by ctx alone (or
+// handshakeTimeout when ctx has no deadline): with a long ctx it waits for
+// an agent still booting, answering as soon as it runs.
+func newSerialClient(ctx context.Context, logger *slog.Logger, c net.Conn) (*Client, error) {
+	sctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
+		defer cancel()
+	}
+	if err := syncHost(sctx, c); err != nil {
+		c.Close()
+		return nil, err
+	}
 	return NewClient(ctx, logger, c)
 }
 
