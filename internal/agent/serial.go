@@ -216,4 +216,3 @@ func (r *reusableConn) SetDeadline(t time.Time) error {
 	}
 	return r.Conn.SetDeadline(t)
 }
-
