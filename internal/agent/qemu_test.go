@@ -135,10 +135,14 @@ func bootAgentGuest(t *testing.T) (sock string, exited <-chan error) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	exitedCh := make(chan struct{})
+	go func() {
+		done <- cmd.Wait()
+		close(exitedCh)
+	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-done
+		<-exitedCh
 		if t.Failed() {
 			b, _ := os.ReadFile(console)
 			t.Logf("qemu stderr:\n%s\nguest console:\n%s", stderr.String(), b)
@@ -195,12 +199,18 @@ func TestQEMUGuest(t *testing.T) {
 	// Copy round trip with checksums and modes.
 	src, back := t.TempDir(), t.TempDir()
 	tree(t, src)
-	if err := c.CopyTo(ctx, src, "/root/tree"); err != nil {
+	cctx, ccancel := context.WithTimeout(ctx, time.Minute)
+	defer ccancel()
+	t0 = time.Now()
+	if err := c.CopyTo(cctx, src, "/root/tree"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CopyFrom(ctx, "/root/tree", filepath.Join(back, "tree")); err != nil {
+	t.Logf("copy to the guest: %v", time.Since(t0))
+	t0 = time.Now()
+	if err := c.CopyFrom(cctx, "/root/tree", filepath.Join(back, "tree")); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("copy from the guest: %v", time.Since(t0))
 	sameTree(t, "guest round trip", snapshot(t, src), snapshot(t, filepath.Join(back, "tree")))
 
 	// Clock and entropy.
@@ -243,6 +253,15 @@ func TestQEMUGuest(t *testing.T) {
 	}
 	if info, err := c.Ready(ctx); err != nil || !info.Identity {
 		t.Fatalf("ready after identity: %+v %v", info, err)
+	}
+
+	// The agent does not need the guest's network.
+	st, _, errOut = run(t, c, ExecOptions{Argv: []string{"sh", "-c", "ip link set dev $(ip -o link | grep -i " + guestMAC + " | cut -d: -f2) down"}})
+	if st.Code != 0 {
+		t.Fatalf("network down: %+v %s", st, errOut)
+	}
+	if st, out, _ := run(t, c, ExecOptions{Argv: []string{"cat", "/sys/class/net/eth0/operstate"}}); st.Code != 0 || out != "down\n" {
+		t.Fatalf("exec with the network down: %q %+v", out, st)
 	}
 
 	// Clean shutdown: QEMU exits.
