@@ -64,6 +64,7 @@ func NewClient(ctx context.Context, logger *slog.Logger, c net.Conn) (*Client, e
 		cl.Close()
 		return nil, err
 	}
+	logger.Debug("guest agent connected", "protocol", cl.version.Protocol, "build", cl.version.Build)
 	return cl, nil
 }
 
