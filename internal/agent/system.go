@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/internal/guest"
+)
+
+// System is the guest's state the agent changes: the real one is
+// HostSystem; tests inject a recorder.
+type System interface {
+	SetHostname(name string) error
+	SetMachineID(id string) error
+	// ConfigureNetwork gives the interface with n.MAC its address and
+	// default route, and persists them where the guest's network manager
+	// reads them (dns goes there too).
+	ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error
+	SetDNS(servers []netip.Addr) error
+	// NewHostKeys replaces sshd's host keys with new ones, restarts sshd
+	// if it runs, and returns the new public keys.
+	NewHostKeys() ([]ssh.PublicKey, error)
+	SetClock(t time.Time) error
+	// AddEntropy adds data to the kernel's pool, crediting every bit.
+	AddEntropy(data []byte) error
+	Shutdown(reboot bool) error
+	BootID() string
+}
+
+// HostSystem is the running guest: what cmd/banger-agent uses.
+type HostSystem struct {
+	Logger *slog.Logger
+}
+
+var _ System = HostSystem{}
+
+func (h HostSystem) SetHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	if err := writeFileAtomic("/etc/hostname", []byte(name+"\n"), 0o644); err != nil {
+		return err
+	}
+	return h.fixHosts(name)
+}
+
+// fixHosts points 127.0.1.1 at the new name in /etc/hosts, so that the
+// name resolves locally (sudo and others look it up).
+func (h HostSystem) fixHosts(name string) error {
+	old, err := os.ReadFile("/etc/hosts")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(string(old), "\n"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "127.0.1.1" || l == "" && len(out) == 0 {
+			continue
+		}
+		out = append(out, l)
+	}
+	out = append(out, "127.0.1.1\t"+name)
+	return writeFileAtomic("/etc/hosts", []byte(strings.Join(out, "\n")+"\n"), 0o644)
+}
+
+func (HostSystem) SetMachineID(id string) error {
+	return writeFileAtomic("/etc/machine-id", []byte(id+"\n"), 0o444)
+}
+
+func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error {
+	mac, err := net.ParseMAC(n.MAC)
+	if err != nil {
+		return err
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var link netlink.Link
+	for _, l := range links {
+		if bytes.Equal(l.Attrs().HardwareAddr, mac) {
+			link = l
+			break
+		}
+	}
+	if link == nil {
+		return fmt.Errorf("no interface with mac %s", mac)
+	}
+	if n.NewMAC != "" {
+		newMAC, err := net.ParseMAC(n.NewMAC)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetDown(link); err != nil {
+			return fmt.Errorf("%s down: %w", link.Attrs().Name, err)
+		}
+		if err := netlink.LinkSetHardwareAddr(link, newMAC); err != nil {
+			return fmt.Errorf("%s set mac: %w", link.Attrs().Name, err)
+		}
+		mac = newMAC
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("%s addresses: %w", link.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("%s remove %s: %w", link.Attrs().Name, a.IPNet, err)
+		}
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   n.Address.Addr().AsSlice(),
+		Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen()),
+	}}
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("%s add %s: %w", link.Attrs().Name, n.Address, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
+	}
+	if n.Gateway.IsValid() {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: n.Gateway.AsSlice()}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("default route via %s: %w", n.Gateway, err)
+		}
+	}
+	// Persist for systemd-networkd, where the image has it, so a reboot
+	// keeps the new address.
+	if fi, err := os.Stat(filepath.Dir(guest.NetworkFile)); err == nil && fi.IsDir() {
+		cfg := guest.NetworkConfig(guest.Identity{MAC: mac, Address: n.Address, Gateway: n.Gateway, DNS: dns})
+		if err := writeFileAtomic(guest.NetworkFile, cfg, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (HostSystem) SetDNS(servers []netip.Addr) error {
+	var b strings.Builder
+	b.WriteString("# Written by banger's guest agent.\n")
+	for _, a := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", a)
+	}
+	// A symlink (systemd-resolved's stub) is replaced by a file: the
+	// address given is what the guest must use.
+	return writeFileAtomic("/etc/resolv.conf", []byte(b.String()), 0o644)
+}
+
+func (h HostSystem) NewHostKeys() ([]ssh.PublicKey, error) {
+	keys, err := guest.NewHostKeys()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll("/etc/ssh", 0o755); err != nil {
+		return nil, err
+	}
+	// Old keys go: a host that pinned them must not find them again.
+	old, _ := filepath.Glob("/etc/ssh/ssh_host_*_key*")
+	for _, f := range old {
+		if err := os.Remove(f); err != nil {
+			return nil, err
+		}
+	}
+	for _, k := range keys {
+		p := filepath.Join("/etc/ssh", k.File)
+		if err := writeFileAtomic(p, k.Private, 0o600); err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(p+".pub", k.PublicFile(), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	h.restartSSHD()
+	return keys.PublicKeys(), nil
+}
+
+// restartSSHD makes a running sshd use the new host keys: systemd restarts
+// it; otherwise SIGHUP makes sshd re-execute itself.
+func (h HostSystem) restartSSHD() {
+	if isSystemd() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "systemctl", "try-restart", "ssh.service", "sshd.service").CombinedOutput()
+		if err != nil {
+			h.Logger.Warn("restart sshd", "err", err, "output", strings.TrimSpace(string(out)))
+		}
+		return
+	}
+	for _, pid := range pidsOf("sshd") {
+		if err := unix.Kill(pid, unix.SIGHUP); err != nil {
+			h.Logger.Warn("signal sshd", "pid", pid, "err", err)
+		}
+	}
+}
+
+// pidsOf returns the processes whose command name is comm, other than
+// children of another one (sshd's per-connection processes).
+func pidsOf(comm string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(stat)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || s[open+1:end] != comm {
+			continue
+		}
+		f := strings.Fields(s[end+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if pc, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(ppid), "comm")); err == nil && strings.TrimSpace(string(pc)) == comm {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+func (HostSystem) SetClock(t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return fmt.Errorf("clock_settime: %w", err)
+	}
+	return nil
+}
+
+func (HostSystem) AddEntropy(data []byte) error {
+	f, err := os.OpenFile("/dev/random", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(data)+3)
+	ne := binary.NativeEndian
+	ne.PutUint32(buf[0:], uint32(len(data)*8))
+	ne.PutUint32(buf[4:], uint32(len(data)))
+	copy(buf[8:], data)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0])))
+		if e != 0 {
+			ioErr = e
+		}
+	}); err != nil {
+		return err
+	}
+	if ioErr != nil {
+		return fmt.Errorf("ioctl RNDADDENTROPY: %w", ioErr)
+	}
+	return nil
+}
+
+// Shutdown powers off or reboots cleanly: through systemd when it is
+// init, through the system's poweroff/reboot (busybox and sysvinit signal
+// their init) otherwise, and by syncing and calling reboot(2) as a last
+// resort.
+func (h HostSystem) Shutdown(reboot bool) error {
+	verb, cmd := "poweroff", unix.LINUX_REBOOT_CMD_POWER_OFF
+	if reboot {
+		verb, cmd = "reboot", unix.LINUX_REBOOT_CMD_RESTART
+	}
+	var argv []string
+	if isSystemd() {
+		argv = []string{"systemctl", verb}
+	} else if p, err := exec.LookPath(verb); err == nil {
+		argv = []string{p}
+	}
+	if argv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		h.Logger.Warn("clean shutdown failed, forcing", "cmd", argv, "err", err, "output", strings.TrimSpace(string(out)))
+	}
+	unix.Sync()
+	return unix.Reboot(cmd)
+}
+
+func (HostSystem) BootID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+func isSystemd() bool {
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// writeFileAtomic replaces path with data and mode through a temporary
+// file in the same directory.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err1 := f.Write(data)
+	err2 := f.Chmod(mode)
+	err3 := f.Sync()
+	err4 := f.Close()
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
