@@ -94,7 +94,7 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
 	}
-	return nil
+	return checkGenerationID(spec.GenerationID)
 }
 
 // Args is the QEMU command line for spec with the given acceleration.
@@ -133,6 +133,12 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 	if vsock && spec.VsockCID >= 3 {
 		args = append(args, "-device", "vhost-vsock-pci,guest-cid="+strconv.FormatUint(uint64(spec.VsockCID), 10))
 	}
+	args = append(args, vmgenidArgs(spec)...)
+	if spec.Restore != nil {
+		// The same devices as at save time (this function made both
+		// command lines); the state comes from loadSnapshot.
+		args = append(args, "-incoming", "defer")
+	}
 	return args
 }
 
@@ -151,6 +157,11 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 			return vmm.Process{}, errdefs.FailedPrecondition("qemu: %w", err)
 		}
 	}
+	if spec.Restore != nil {
+		if err := d.restoreMeta(spec, info.Features.Vsock && spec.VsockCID >= 3); err != nil {
+			return vmm.Process{}, err
+		}
+	}
 	proc, err := vmm.SpawnFor(spec, info.Binary, d.Args(spec, info.Accel, info.Features.Vsock))
 	if err != nil {
 		return vmm.Process{}, err
@@ -160,6 +171,11 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	}
 	if _, err := d.run(ctx, spec, "query-status", nil); err != nil {
 		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), kill(proc))
+	}
+	if spec.Restore != nil {
+		if err := d.loadSnapshot(ctx, spec); err != nil {
+			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), kill(proc))
+		}
 	}
 	return proc, nil
 }
@@ -174,7 +190,8 @@ func kill(p vmm.Process) error {
 	return nil
 }
 
-// Boot resumes the paused VM.
+// Boot resumes the paused VM: it starts booting, or, restored from a
+// snapshot, goes on from the snapshot's instant.
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) error {
 	if _, err := d.run(ctx, spec, "cont", nil); err != nil {
 		return fmt.Errorf("qemu: %w", err)
