@@ -57,19 +57,22 @@ const SnapshotMetaFile = "snapshot.json"
 // SnapshotMeta records what a snapshot was taken with: a snapshot restores
 // only into a VM of the same driver, machine shape, kernel and device set.
 type SnapshotMeta struct {
-	Driver       string    `json:"driver"`
-	Machine      string    `json:"machine,omitempty"` // QEMU -machine type
-	VCPUs        int       `json:"vcpus"`
-	MemoryMiB    int       `json:"memory_mib"`
-	Kernel       string    `json:"kernel"`
-	KernelSHA256 string    `json:"kernel_sha256"`
-	InitrdSHA256 string    `json:"initrd_sha256,omitempty"`
-	Network      bool      `json:"network"` // a network device was attached
-	Vsock        bool      `json:"vsock"`   // a vsock device was attached
-	Files        []string  `json:"files"`   // state files in the dir, besides the meta
-	SizeBytes    int64     `json:"size_bytes"`
-	Created      time.Time `json:"created"`
-	SaveSeconds  float64   `json:"save_seconds"`
+	Driver       string   `json:"driver"`
+	Machine      string   `json:"machine,omitempty"` // QEMU -machine type
+	VCPUs        int      `json:"vcpus"`
+	MemoryMiB    int      `json:"memory_mib"`
+	Kernel       string   `json:"kernel"`
+	KernelSHA256 string   `json:"kernel_sha256"`
+	InitrdSHA256 string   `json:"initrd_sha256,omitempty"`
+	Network      bool     `json:"network"` // a network device was attached
+	Vsock        bool     `json:"vsock"`   // a vsock device was attached
+	Files        []string `json:"files"`   // state files in the dir, besides the meta
+	// RootDisk is where the VMM had the root disk, for drivers whose
+	// snapshot names it (Firecracker reopens the disk there on load).
+	RootDisk    string    `json:"root_disk,omitempty"`
+	SizeBytes   int64     `json:"size_bytes"`
+	Created     time.Time `json:"created"`
+	SaveSeconds float64   `json:"save_seconds"`
 }
 
 // NewSnapshotMeta fills the shape fields of a meta from spec, hashing the

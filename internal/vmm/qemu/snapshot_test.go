@@ -273,3 +273,83 @@ func assertEmptyDir(t *testing.T, dir string) {
 		t.Errorf("%s left in %s", e.Name(), dir)
 	}
 }
+
+// BenchmarkSnapshot measures, for a 256 MiB and a 1 GiB guest under the
+// driver (booted once, counting on its console), the latency of Pause and
+// Resume, the time and file size of SaveSnapshot, and the time of a
+// Launch that restores the last snapshot into a new QEMU (Boot excluded).
+// Run with BANGER_VM_TESTS=1 go test -run '^$' -bench Snapshot -benchtime 5x.
+func BenchmarkSnapshot(b *testing.B) {
+	img := testImage(b)
+	for _, mib := range []int{256, 1024} {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			d := qemu.New()
+			ctx := context.Background()
+			spec := vmSpec(b, img)
+			spec.MemoryMiB = mib
+			addTicker(b, spec.RootDisk)
+			p := launch(b, d, spec)
+			b.Cleanup(func() {
+				if system.Alive(p.PID, p.StartTime) {
+					killVM(b, p)
+				}
+			})
+			if err := d.Boot(ctx, spec); err != nil {
+				b.Fatalf("Boot: %v", err)
+			}
+			if err := waitTick(spec, p, 2); err != nil {
+				b.Fatal(err)
+			}
+			var pauses, resumes, saves, sizes []float64
+			var last string
+			for range b.N {
+				start := time.Now()
+				if err := d.Pause(ctx, spec); err != nil {
+					b.Fatalf("Pause: %v", err)
+				}
+				pauses = append(pauses, time.Since(start).Seconds()*1000)
+				last = b.TempDir()
+				start = time.Now()
+				meta, err := d.SaveSnapshot(ctx, spec, last)
+				if err != nil {
+					b.Fatalf("SaveSnapshot: %v", err)
+				}
+				saves = append(saves, time.Since(start).Seconds())
+				sizes = append(sizes, float64(meta.SizeBytes)/(1<<20))
+				start = time.Now()
+				if err := d.Resume(ctx, spec); err != nil {
+					b.Fatalf("Resume: %v", err)
+				}
+				resumes = append(resumes, time.Since(start).Seconds()*1000)
+				if err := waitTick(spec, p, lastTick(spec)+1); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// Restore the last snapshot (the disk clone is only taken
+			// here: the guest does not write to its disk while it counts).
+			if err := d.Pause(ctx, spec); err != nil {
+				b.Fatal(err)
+			}
+			killVM(b, p)
+			restore := vmSpec(b, img)
+			restore.MemoryMiB = mib
+			restore.RootDisk = spec.RootDisk
+			restore.Restore = &vmm.RestoreSpec{Dir: last}
+			start := time.Now()
+			rp := launch(b, d, restore)
+			restored := time.Since(start).Seconds()
+			if err := d.Boot(ctx, restore); err != nil {
+				b.Fatal(err)
+			}
+			if err := waitTick(restore, rp, 1); err != nil {
+				b.Fatal(err)
+			}
+			killVM(b, rp)
+			report(b, "pause-ms", pauses)
+			report(b, "resume-ms", resumes)
+			report(b, "save-s", saves)
+			report(b, "size-MiB", sizes)
+			b.ReportMetric(restored, "restore-launch-s")
+		})
+	}
+}
