@@ -118,6 +118,11 @@ func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (v
 		return waitMigration(ctx, mon, "query-migrate")
 	})
 	if err != nil {
+		// A migration cut short by ctx may still run: stop it writing
+		// to the file that is about to be removed.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), qmpTimeout)
+		defer ccancel()
+		_, _ = d.run(cctx, spec, "migrate_cancel", nil) // best effort; the error below says what failed
 		return meta, fmt.Errorf("qemu: snapshot: %w", err)
 	}
 	if err := f.Sync(); err != nil {

@@ -2,17 +2,21 @@ package qemu_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
 
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/system"
@@ -121,10 +125,14 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	d := qemu.New()
 	ctx := context.Background()
 	spec := vmSpec(t, img)
+	spec.GenerationID = "11111111-2222-4333-8444-555555555555"
 	addTicker(t, spec.RootDisk)
 	p := launch(t, d, spec)
 	if err := d.Boot(ctx, spec); err != nil {
 		t.Fatalf("Boot: %v", err)
+	}
+	if got := generationID(t, spec); got != spec.GenerationID {
+		t.Fatalf("generation id %q, want %q", got, spec.GenerationID)
 	}
 	if err := waitTick(spec, p, 3); err != nil {
 		t.Fatal(err)
@@ -194,6 +202,7 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	restore := vmSpec(t, img)
 	restore.RootDisk = clone
 	restore.Restore = &vmm.RestoreSpec{Dir: snapDir}
+	restore.GenerationID = "66666666-7777-4888-9999-aaaaaaaaaaaa" // a fork's new generation
 	wrong := restore
 	wrong.MemoryMiB = 512
 	_, err = d.Launch(ctx, wrong)
@@ -213,6 +222,11 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	}
 	if err := d.Boot(ctx, restore); err != nil {
 		t.Fatalf("Boot of the restored vm: %v", err)
+	}
+	// The restored VM has the restoring spec's generation, not the
+	// snapshot's: the guest is notified that it was copied.
+	if got := generationID(t, restore); got != restore.GenerationID {
+		t.Fatalf("restored vm's generation id %q, want the new %q", got, restore.GenerationID)
 	}
 	if err := waitTick(restore, rp, atSave+2); err != nil {
 		t.Fatalf("restored guest: %v", err)
@@ -261,6 +275,32 @@ func TestGenerationID(t *testing.T) {
 	if args := d.Args(spec, "tcg", false); strings.Join(args[len(args)-2:], " ") != "-incoming defer" {
 		t.Fatalf("restore args: %s", args)
 	}
+}
+
+// generationID asks QEMU for the VM generation ID it exposes to the guest.
+func generationID(t *testing.T, spec vmm.Spec) string {
+	t.Helper()
+	mon, err := qmp.NewSocketMonitor("unix", spec.ControlSocket, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Disconnect()
+	raw, err := mon.Run([]byte(`{"execute":"query-vm-generation-id"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Return struct {
+			GUID string `json:"guid"`
+		} `json:"return"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Return.GUID
 }
 
 func assertEmptyDir(t *testing.T, dir string) {
@@ -331,11 +371,18 @@ func BenchmarkSnapshot(b *testing.B) {
 				b.Fatal(err)
 			}
 			killVM(b, p)
+			// Baseline: a Launch that prepares a boot, same shape.
+			plain := vmSpec(b, img)
+			plain.MemoryMiB = mib
+			start := time.Now()
+			pp := launch(b, d, plain)
+			b.ReportMetric(time.Since(start).Seconds(), "boot-launch-s")
+			killVM(b, pp)
 			restore := vmSpec(b, img)
 			restore.MemoryMiB = mib
 			restore.RootDisk = spec.RootDisk
 			restore.Restore = &vmm.RestoreSpec{Dir: last}
-			start := time.Now()
+			start = time.Now()
 			rp := launch(b, d, restore)
 			restored := time.Since(start).Seconds()
 			if err := d.Boot(ctx, restore); err != nil {
@@ -345,11 +392,19 @@ func BenchmarkSnapshot(b *testing.B) {
 				b.Fatal(err)
 			}
 			killVM(b, rp)
-			report(b, "pause-ms", pauses)
-			report(b, "resume-ms", resumes)
-			report(b, "save-s", saves)
-			report(b, "size-MiB", sizes)
+			median(b, "pause-median-ms", pauses)
+			median(b, "resume-median-ms", resumes)
+			median(b, "save-median-s", saves)
+			median(b, "size-MiB", sizes)
 			b.ReportMetric(restored, "restore-launch-s")
 		})
 	}
+}
+
+// median reports the median of xs as metric unit, and its range in the log.
+func median(b *testing.B, unit string, xs []float64) {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	b.ReportMetric(s[len(s)/2], unit)
+	b.Logf("%s: min %.3g max %.3g of %d", unit, s[0], s[len(s)-1], len(s))
 }
