@@ -21,9 +21,10 @@ import (
 
 // Fake is a scriptable vmm.Driver.
 type Fake struct {
-	mu    sync.Mutex
-	calls []string
-	procs map[string][]vmm.Process // by VM id, every launch kept: leak checks see them all
+	mu     sync.Mutex
+	calls  []string
+	procs  map[string][]vmm.Process // by VM id, every launch kept: leak checks see them all
+	paused map[string]bool          // by VM id (snapshot.go)
 
 	// Hooks run at the start of each method; a non-nil error fails it.
 	OnLaunch func(ctx context.Context, spec vmm.Spec) error
@@ -113,6 +114,11 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 	f.record("launch " + spec.Name)
 	if f.OnLaunch != nil {
 		if err := f.OnLaunch(ctx, spec); err != nil {
+			return vmm.Process{}, err
+		}
+	}
+	if spec.Restore != nil {
+		if err := f.checkRestore(spec); err != nil {
 			return vmm.Process{}, err
 		}
 	}
