@@ -34,6 +34,14 @@ type Spec struct {
 	LogPath       string // console and VMM output
 	VMDir         string
 
+	// Restore, if set, makes Launch restore the VM from a snapshot
+	// instead of preparing a boot, and Boot resume it (see Snapshotter).
+	Restore *RestoreSpec `json:",omitempty"`
+	// GenerationID is the VM generation ID (a GUID) the guest sees, on
+	// drivers that have the device: a fork gets a new one so the guest
+	// knows it was copied. Empty: the driver picks a fresh one per launch.
+	GenerationID string `json:",omitempty"`
+
 	// OnSpawn, if set, is called by Launch as soon as the VMM process
 	// exists, before anything waits on it: the daemon records the pid there,
 	// so a daemon crash during a slow launch never leaves an unrecorded

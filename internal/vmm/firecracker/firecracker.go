@@ -526,6 +526,12 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 			return vmm.Process{}, errdefs.FailedPrecondition("firecracker: %w", err)
 		}
 	}
+	var snap vmm.SnapshotMeta
+	if spec.Restore != nil {
+		if snap, err = d.checkRestore(spec); err != nil {
+			return vmm.Process{}, err
+		}
+	}
 	j, err := d.jail(spec)
 	if err != nil {
 		return vmm.Process{}, err
@@ -548,6 +554,11 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 		if err := d.prepareJail(spec, j); err != nil {
 			return fail(fmt.Errorf("firecracker: %w", err))
 		}
+		if spec.Restore != nil {
+			if err := placeSnapshot(spec, j); err != nil {
+				return fail(fmt.Errorf("firecracker: put snapshot in jail: %w", err))
+			}
+		}
 	}
 	path, args := d.command(h, spec, j)
 	proc, err := vmm.SpawnFor(spec, path, args)
@@ -563,7 +574,11 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if err := c.do(ctx, "GET", "/version", nil, &v); err != nil {
 		return fail(err)
 	}
-	for _, s := range configSteps(spec, pathsFor(spec, j)) {
+	steps := configSteps(spec, pathsFor(spec, j))
+	if spec.Restore != nil {
+		steps = restoreSteps(spec, pathsFor(spec, j), j, snap.RootDisk)
+	}
+	for _, s := range steps {
 		if err := c.do(ctx, s.method, s.path, s.body, nil); err != nil {
 			return fail(err)
 		}
@@ -611,8 +626,11 @@ func (d *Driver) VsockListenPath(spec vmm.Spec, port uint32) (string, error) {
 	return fmt.Sprintf("%s_%d", base, port), nil
 }
 
-// Boot starts the configured guest.
+// Boot starts the configured guest, or resumes a restored one.
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) error {
+	if spec.Restore != nil {
+		return d.Resume(ctx, spec)
+	}
 	return newClient(spec.ControlSocket).do(ctx, "PUT", "/actions", instanceAction{ActionType: "InstanceStart"}, nil)
 }
 

@@ -93,7 +93,7 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
 	}
-	return nil
+	return checkGenerationID(spec.GenerationID)
 }
 
 // Args is the QEMU command line for spec with the given acceleration.
@@ -132,6 +132,12 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 	if vsock && spec.VsockCID >= 3 {
 		args = append(args, "-device", "vhost-vsock-pci,guest-cid="+strconv.FormatUint(uint64(spec.VsockCID), 10))
 	}
+	args = append(args, vmgenidArgs(spec)...)
+	if spec.Restore != nil {
+		// The same devices as at save time (this function made both
+		// command lines); the state comes from loadSnapshot.
+		args = append(args, "-incoming", "defer")
+	}
 	return args
 }
 
@@ -153,6 +159,11 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 			return vmm.Process{}, errdefs.FailedPrecondition("qemu: %w", err)
 		}
 	}
+	if spec.Restore != nil {
+		if err := d.restoreMeta(spec, info.Features.Vsock && spec.VsockCID >= 3); err != nil {
+			return vmm.Process{}, err
+		}
+	}
 	proc, err := vmm.SpawnFor(spec, info.Binary, d.Args(spec, info.Accel, info.Features.Vsock))
 	if err != nil {
 		return vmm.Process{}, err
@@ -163,10 +174,16 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if _, err := d.run(ctx, spec, "query-status", nil); err != nil {
 		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
 	}
+	if spec.Restore != nil {
+		if err := d.loadSnapshot(ctx, spec); err != nil {
+			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
+		}
+	}
 	return proc, nil
 }
 
-// Boot resumes the paused VM.
+// Boot resumes the paused VM: it starts booting, or, restored from a
+// snapshot, goes on from the snapshot's instant.
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) error {
 	if _, err := d.run(ctx, spec, "cont", nil); err != nil {
 		return fmt.Errorf("qemu: %w", err)

@@ -23,9 +23,10 @@ import (
 
 // Fake is a scriptable vmm.Driver.
 type Fake struct {
-	mu    sync.Mutex
-	calls []string
-	procs map[string][]vmm.Process // by VM id, every launch kept: leak checks see them all
+	mu     sync.Mutex
+	calls  []string
+	procs  map[string][]vmm.Process // by VM id, every launch kept: leak checks see them all
+	paused map[string]bool          // by VM id (snapshot.go)
 
 	// Hooks run at the start of each method; a non-nil error fails it.
 	OnLaunch func(ctx context.Context, spec vmm.Spec) error
@@ -132,6 +133,11 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 	}
 	if _, err := os.Stat(spec.RootDisk); err != nil {
 		return vmm.Process{}, errdefs.FailedPrecondition("fake: root disk: %w", err)
+	}
+	if spec.Restore != nil {
+		if err := f.checkRestore(spec); err != nil {
+			return vmm.Process{}, err
+		}
 	}
 	termAction := `echo TERM >> "$0"; exit 0`
 	if f.IgnoreTERM {

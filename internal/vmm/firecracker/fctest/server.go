@@ -100,6 +100,7 @@ type Server struct {
 	machine  map[string]any
 	vsock    net.Listener
 	requests []Request
+	snap     snapState // snapshot.go
 }
 
 // NewServer returns a double in the pre-boot state.
@@ -210,6 +211,9 @@ func (s *Server) handle(op string, params map[string]string, raw []byte) answer 
 	var body map[string]any
 	_ = json.Unmarshal(raw, &body)
 	str := func(k string) string { v, _ := body[k].(string); return v }
+	if a, done := s.handleSnapshot(op, body); done {
+		return a
+	}
 	switch op {
 	case "getFirecrackerVersion":
 		v := s.Version
