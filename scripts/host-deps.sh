@@ -45,3 +45,15 @@ find_go() {
   echo "Go is not installed (hint: install Go 1.26 from https://go.dev/dl/ into /usr/local/go)" >&2
   exit 1
 }
+
+# The linter the test command runs, at a pinned version, built from the Go
+# module proxy into /usr/local/bin when missing or at another version.
+GOLANGCI_LINT_VERSION=v2.15.0
+install_golangci_lint() {
+  if command -v golangci-lint >/dev/null 2>&1 &&
+    golangci-lint version 2>/dev/null | grep -q "version ${GOLANGCI_LINT_VERSION#v} "; then
+    return
+  fi
+  echo "installing golangci-lint ${GOLANGCI_LINT_VERSION}" >&2
+  GOBIN=/usr/local/bin go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@${GOLANGCI_LINT_VERSION}"
+}
