@@ -174,7 +174,7 @@ func TestLifecycleOverTheAPI(t *testing.T) {
 	if v.Unsupported["vsock"] == "" {
 		t.Fatal("a driver without vsock must say so in vm show")
 	}
-	if v, err = h.c.StopVM(ctx, "web", time.Second); err != nil || v.State != "stopped" {
+	if v, err = h.c.StopVM(ctx, "web", time.Second, false); err != nil || v.State != "stopped" {
 		t.Fatalf("stop: %v %+v", err, v)
 	}
 	ops, err := h.c.Operations(ctx, "web", 0)

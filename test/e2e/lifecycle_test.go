@@ -67,13 +67,13 @@ func TestLifecycle(t *testing.T) {
 	d.must("vm", "stop", "life")
 	logs := d.waitLog("life", testimage.ShutdownMarker, 1, 5*time.Second)
 	kind, stages := stageNames(d, "life")
-	if kind != "vm.stop" || stages["shutdown.wait"] != "done" {
+	if kind != "vm.stop" || stages["wait_for_exit"] != "done" {
 		t.Fatalf("stop journal %s %v", kind, stages)
 	}
-	if _, killed := stages["vmm.kill"]; killed {
+	if _, killed := stages["kill_running_vm"]; killed {
 		t.Fatalf("the VMM was killed on a graceful stop: %v", stages)
 	}
-	if _, timedOut := stages["shutdown.timeout"]; timedOut {
+	if _, timedOut := stages["graceful_shutdown_timeout"]; timedOut {
 		t.Fatalf("graceful stop timed out: %v", stages)
 	}
 	if alive(pid) {
@@ -99,7 +99,7 @@ func TestLifecycle(t *testing.T) {
 	if alive(pid) {
 		t.Fatal("VMM alive after kill")
 	}
-	if kind, stages := stageNames(d, "life"); kind != "vm.kill" || stages["vmm.signal"] != "done" {
+	if kind, stages := stageNames(d, "life"); kind != "vm.kill" || stages["send_signal"] != "done" {
 		t.Fatalf("kill journal %s %v", kind, stages)
 	}
 	if v := d.show("life"); v.State != "stopped" {
@@ -188,7 +188,7 @@ func TestDaemonRestartKeepsVMRunning(t *testing.T) {
 	}
 	d.must("vm", "stop", "survivor")
 	d.waitLog("survivor", testimage.ShutdownMarker, 1, 5*time.Second)
-	if _, stages := stageNames(d, "survivor"); stages["shutdown.wait"] != "done" {
+	if _, stages := stageNames(d, "survivor"); stages["wait_for_exit"] != "done" {
 		t.Fatalf("re-adopted vm did not stop gracefully: %v", stages)
 	}
 	if alive(pid) {
