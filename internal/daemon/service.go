@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,6 +78,8 @@ type Service struct {
 	pool   network.Pool
 	caps   []capability
 	probes probeCache
+	// tcgWarned: the slow-guest warning was logged (once per daemon).
+	tcgWarned atomic.Bool
 	// buildMu allows one image build at a time.
 	buildMu sync.Mutex
 	// signal sends signals to VMM processes; tests replace it.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
@@ -227,6 +228,7 @@ func TestReconcile(t *testing.T) {
 		t.Fatal("reconcile signalled a process whose start time did not match")
 	} else {
 		system.Signal(p.PID, p.StartTime, 9)
+		system.WaitExit(ctx, p.PID, p.StartTime, 10*time.Second) // before the leak check
 	}
 }
 

@@ -19,7 +19,8 @@ func (s *Service) ChooseVMM(ctx context.Context, requested string) (kind, reason
 	if err != nil {
 		return "", "", err
 	}
-	if info.Accel == "tcg" {
+	if info.Accel == "tcg" && !s.tcgWarned.Swap(true) {
+		// Once per daemon: the same sentence on every create buries the log.
 		s.log.Warn("vms will run under QEMU's TCG software emulation: expect slow guests", "reason", reason)
 	}
 	return info.Kind, reason, nil

@@ -330,3 +330,44 @@ func TestStartFailingAfterLaunchLeaksNothing(t *testing.T) {
 		t.Fatalf("rule left:\n%s", rules)
 	}
 }
+
+// TestStopWhoseRequestFailsKeepsTheVMRunning: when the shutdown request
+// cannot reach the VMM (its control socket is gone), stop fails, says why,
+// and the VM keeps running, recorded as such; --force then ends it.
+func TestStopWhoseRequestFailsKeepsTheVMRunning(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	d.createVM("hold")
+	d.must("vm", "start", "hold")
+	d.waitLog("hold", testimage.BootLine(1), 1, bootTimeout)
+	v := d.show("hold")
+	if err := os.Remove(v.Runtime.ControlSocket); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := d.run("vm", "stop", "hold")
+	if err == nil || r.code == 0 {
+		t.Fatal("stop succeeded without a control socket")
+	}
+	if !strings.Contains(r.stderr, "still running") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("the error does not say the vm still runs, or how to force it: %s", r.stderr)
+	}
+	after := d.show("hold")
+	if after.State != "running" || after.Runtime.PID != v.Runtime.PID || !alive(v.Runtime.PID) {
+		t.Fatalf("after a failed stop: state %s pid %d alive %v", after.State, after.Runtime.PID, alive(v.Runtime.PID))
+	}
+	if kind, stages := stageNames(d, "hold"); kind != "vm.stop" || stages["graceful_shutdown"] != "failed" || len(stages) != 1 {
+		t.Fatalf("journal %s %v", kind, stages)
+	}
+
+	d.must("vm", "stop", "--force", "hold")
+	after = d.show("hold")
+	if after.State != "stopped" || alive(v.Runtime.PID) {
+		t.Fatalf("after --force: state %s, vmm alive %v", after.State, alive(v.Runtime.PID))
+	}
+	if _, stages := stageNames(d, "hold"); stages["force"] != "note" || stages["kill_running_vm"] != "done" || stages["cleanup_runtime"] != "done" {
+		t.Fatalf("forced stop stages %v", stages)
+	}
+	d.must("vm", "delete", "hold") // the harness's cleanup checks nothing is left
+}
