@@ -298,3 +298,21 @@ func TestTeardownIsDerivedFromTheStartSteps(t *testing.T) {
 		t.Fatalf("teardown stages %v", stages)
 	}
 }
+
+// TestReconcileLeavesStoppedVMsAlone: startup reconciles only VMs whose
+// record claims a runtime; a stopped VM is not even locked (a fleet of
+// stopped VMs costs nothing at start-up).
+func TestReconcileLeavesStoppedVMsAlone(t *testing.T) {
+	e := newEnv(t)
+	v := e.create("idle")
+	unlock, err := e.svc.locks.lock(context.Background(), v.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := e.svc.Reconcile(ctx); err != nil {
+		t.Fatalf("reconcile waited on a stopped vm: %v", err)
+	}
+}
