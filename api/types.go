@@ -17,7 +17,7 @@ type VM struct {
 	MemoryMiB int           `json:"memory_mib"`
 	DiskBytes int64         `json:"disk_bytes"`
 	VMM       string        `json:"vmm"`
-	VMMReason string        `json:"vmm_reason,omitempty"` // why this driver was chosen
+	VMMReason string        `json:"vmm_reason,omitempty"` // why this driver was chosen (not in lists)
 	State     string        `json:"state"`
 	GuestIP   string        `json:"guest_ip,omitempty"`
 	MAC       string        `json:"mac,omitempty"`
@@ -85,6 +85,9 @@ type PortMapping struct {
 type StopRequest struct {
 	// TimeoutSeconds bounds the graceful shutdown; 0 means the daemon's default.
 	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
+	// Force: when the graceful request cannot be sent, kill the VMM. Without
+	// it such a stop fails and the VM keeps running.
+	Force bool `json:"force,omitempty"`
 }
 
 // KillRequest is the body of POST /v1/vms/{ref}/kill.

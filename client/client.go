@@ -140,10 +140,11 @@ func (c *Client) StartVM(ctx context.Context, vm string) (api.VM, error) {
 	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/start", nil, &out)
 }
 
-// StopVM shuts vm down gracefully, waiting up to timeout (0: the daemon's default).
-func (c *Client) StopVM(ctx context.Context, vm string, timeout time.Duration) (api.VM, error) {
+// StopVM shuts vm down gracefully, waiting up to timeout (0: the daemon's
+// default); with force, a graceful request that cannot be sent kills it.
+func (c *Client) StopVM(ctx context.Context, vm string, timeout time.Duration, force bool) (api.VM, error) {
 	var out api.VM
-	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/stop", api.StopRequest{TimeoutSeconds: timeout.Seconds()}, &out)
+	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/stop", api.StopRequest{TimeoutSeconds: timeout.Seconds(), Force: force}, &out)
 }
 
 func (c *Client) RestartVM(ctx context.Context, vm string, timeout time.Duration) (api.VM, error) {

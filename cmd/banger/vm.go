@@ -184,10 +184,12 @@ func newVMStart(g *globals) *cobra.Command {
 
 func newVMStop(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var force bool
 	cmd := vmAction(g, "stop", "Shut VMs down gracefully (Ctrl-Alt-Del), forcing them after --timeout", func(cmd *cobra.Command, ref string) (api.VM, error) {
-		return g.client().StopVM(cmd.Context(), ref, timeout)
+		return g.client().StopVM(cmd.Context(), ref, timeout, force)
 	})
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long the guest gets to power off (default: the daemon's, 30s)")
+	cmd.Flags().BoolVar(&force, "force", false, "kill the VM if the shutdown request cannot be sent (default: fail and leave it running)")
 	return cmd
 }
 

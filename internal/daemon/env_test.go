@@ -78,7 +78,9 @@ func newEnv(t *testing.T) *env {
 		// Leak check: no fake VMM process may outlive its test.
 		vms, _ := st.ListVMs(context.Background())
 		for _, v := range vms {
-			_ = svc.DeleteVM(context.Background(), v.ID)
+			if err := svc.DeleteVM(context.Background(), v.ID); err != nil {
+				t.Logf("cleanup: %v", err)
+			}
 		}
 		for _, p := range fake.Processes() {
 			if alive(p) {

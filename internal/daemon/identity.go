@@ -8,59 +8,17 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/guest"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/network"
 )
-
-// parsePorts turns --publish specs into port mappings, refusing duplicates
-// and host ports another VM publishes.
-func (s *Service) parsePorts(ctx context.Context, specs []string) ([]model.PortMapping, error) {
-	if len(specs) == 0 {
-		return nil, nil
-	}
-	if s.cfg.Network == nil {
-		return nil, errdefs.NotSupported("port publishing needs the daemon's host network, which is not configured")
-	}
-	type key struct {
-		port  uint16
-		proto string
-	}
-	seen := map[key]bool{}
-	var out []model.PortMapping
-	for _, spec := range specs {
-		p, err := network.ParsePublish(spec)
-		if err != nil {
-			return nil, err
-		}
-		k := key{p.HostPort, p.Proto}
-		if seen[k] {
-			return nil, errdefs.InvalidArgument("host port %d/%s is published twice", p.HostPort, p.Proto)
-		}
-		seen[k] = true
-		out = append(out, model.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
-	}
-	vms, err := s.store.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, v := range vms {
-		for _, p := range v.Ports {
-			if seen[key{p.HostPort, p.Proto}] {
-				return nil, errdefs.Conflict("host port %d/%s is already published by vm %q", p.HostPort, p.Proto, v.Name)
-			}
-		}
-	}
-	return out, nil
-}
 
 // applyIdentity writes the VM's identity onto its new disk before its
 // first boot (hostname, machine-id, network, banger's key, its own SSH
 // host key) and pins that host key by IP and by name. An image banger
 // cannot personalise is left as is: SSH then trusts on first use.
 func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation) error {
-	const stage = StageGuestIdentity
+	const stage = StepGuestIdentity
 	if s.cfg.ClientKey == "" {
 		op.Note(stage, "no managed ssh key configured: identity not written")
 		return nil
@@ -92,16 +50,14 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		User: s.cfg.GuestUser, AuthorizedKey: s.cfg.ClientKey, HostKeys: keys,
 	}
 	if err := guest.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id); err != nil {
-		op.Stage(stage, "failed", err.Error())
 		return err
 	}
 	pubs := keys.PublicKeys()
 	if err := guest.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, pubs...); err != nil {
-		op.Stage(stage, "failed", err.Error())
 		return fmt.Errorf("pin host key: %w", err)
 	}
 	v.HostKey = string(ssh.MarshalAuthorizedKey(pubs[0]))
 	v.HostKey = v.HostKey[:len(v.HostKey)-1] // no newline
-	op.Stage(stage, "done", fmt.Sprintf("hostname %s, %s via %s, host key %s pinned", v.Name, id.Address, id.Gateway, ssh.FingerprintSHA256(pubs[0])))
+	op.log.Info("identity written", "detail", fmt.Sprintf("hostname %s, %s via %s, host key %s pinned", v.Name, id.Address, id.Gateway, ssh.FingerprintSHA256(pubs[0])))
 	return nil
 }

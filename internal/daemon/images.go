@@ -133,22 +133,7 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 
 // GetImage resolves an image and the names of the VMs using it.
 func (s *Service) GetImage(ctx context.Context, ref string) (*model.Image, []string, error) {
-	var (
-		im    *model.Image
-		users []string
-	)
-	err := s.store.Transaction(ctx, func(tx *store.Tx) error {
-		var err error
-		if im, err = tx.ResolveImage(ctx, ref); err != nil {
-			return err
-		}
-		vms, err := tx.VMsUsingImage(ctx, im.ID)
-		for _, v := range vms {
-			users = append(users, v.Name)
-		}
-		return err
-	})
-	return im, users, err
+	return s.store.ResolveImageUsers(ctx, ref)
 }
 
 // ListImages returns every image.

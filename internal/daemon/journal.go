@@ -17,6 +17,7 @@ const journalTimeout = 5 * time.Second
 // or failed. It is persisted (vm show, vm ops) and logged (slog JSON).
 type operation struct {
 	s   *Service
+	vm  *model.VM
 	log *slog.Logger
 	mu  sync.Mutex
 	rec model.Operation
@@ -24,19 +25,42 @@ type operation struct {
 
 // begin journals the start of kind on vm.
 func (s *Service) begin(ctx context.Context, kind string, vm *model.VM) *operation {
+	op := s.newOperation(kind, vm)
+	op.open(ctx)
+	return op
+}
+
+// newOperation starts kind on vm in memory: its stages are logged, and
+// kept until open persists them (a create opens once its record exists).
+func (s *Service) newOperation(kind string, vm *model.VM) *operation {
 	op := &operation{
 		s:   s,
+		vm:  vm,
 		log: s.log.With("op", kind, "vm", vm.Name, "vm_id", vm.ID),
-		rec: model.Operation{VMID: vm.ID, Kind: kind, Status: model.OpRunning, StartedAt: time.Now().UTC()},
+		rec: model.Operation{Kind: kind, Status: model.OpRunning, StartedAt: time.Now().UTC()},
 	}
 	op.log.Info("operation begun", "image_id", vm.ImageID, "vmm", vm.VMM, "state", string(vm.State),
 		"vcpus", vm.VCPUs, "memory_mib", vm.MemoryMiB, "guest_ip", vm.GuestIP)
+	return op
+}
+
+// open persists the operation and the stages so far; the VM's record must
+// exist.
+func (o *operation) open(ctx context.Context) {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), journalTimeout)
 	defer cancel()
-	if err := s.store.InsertOperation(wctx, &op.rec); err != nil {
-		op.log.Warn("journal write failed", "error", err)
+	o.mu.Lock()
+	o.rec.VMID = o.vm.ID
+	rec := o.rec
+	rec.Stages = append([]model.Stage(nil), o.rec.Stages...)
+	o.mu.Unlock()
+	if err := o.s.store.InsertOperation(wctx, &rec); err != nil {
+		o.log.Warn("journal write failed", "error", err)
+		return
 	}
-	return op
+	o.mu.Lock()
+	o.rec.ID = rec.ID
+	o.mu.Unlock()
 }
 
 // Stage records one named stage: status is "done", "failed", "undone",
@@ -86,7 +110,7 @@ func (o *operation) persist() {
 	rec.Stages = append([]model.Stage(nil), o.rec.Stages...)
 	o.mu.Unlock()
 	if rec.ID == 0 {
-		return // the begin write failed, already logged
+		return // not opened yet, or the open failed (logged)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), journalTimeout)
 	defer cancel()

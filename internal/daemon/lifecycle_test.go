@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,7 +28,7 @@ func TestCreateRecordsStoppedVMWithDisk(t *testing.T) {
 		t.Fatal("create without --start launched a vmm")
 	}
 	op, stages := e.lastOp("web")
-	if op.Kind != "vm.create" || op.Status != model.OpDone || !slices.Equal(stages, []string{"vmm.choose:note", "disk.create:done", "guest.identity:note"}) {
+	if op.Kind != "vm.create" || op.Status != model.OpDone || !slices.Equal(stages, []string{"vmm.choose:note", "vm.record:done", "vmm.validate:done", "disk.create:done", "guest.identity:note", "guest.identity:done", "vm.record-stopped:done"}) {
 		t.Fatalf("journal %+v %v", op, stages)
 	}
 }
@@ -48,7 +47,7 @@ func TestStartRunsStepsAndIsIdempotent(t *testing.T) {
 		t.Fatalf("vsock not derived: %+v", v.Runtime)
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vmm.boot:done", "vm.record-running:done"}
+	want := []string{"image.check:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:done", "vm.record-running:done"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v, want %v", stages, want)
 	}
@@ -96,7 +95,7 @@ func TestStartFailureUndoesAndRecordsError(t *testing.T) {
 		t.Fatal("control socket left behind")
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "vmm.prepare:done", "vmm.launch:done", "vmm.boot:failed", "vmm.launch:undone", "vmm.prepare:undone"}
+	want := []string{"image.check:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:failed", "vmm.launch:undone", "cleanup_stale_runtime:undone"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v\nwant %v", stages, want)
 	}
@@ -170,7 +169,7 @@ func TestStopGracefulKeepsDisk(t *testing.T) {
 	e := newEnv(t)
 	v := e.started("web")
 	p := e.fake.Process(v.ID)
-	got, err := e.svc.StopVM(context.Background(), "web", 0)
+	got, err := e.svc.StopVM(context.Background(), "web", StopOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +183,7 @@ func TestStopGracefulKeepsDisk(t *testing.T) {
 		t.Fatalf("the vmm got %q: the graceful path must end it, not a kill", sig)
 	}
 	_, stages := e.lastOp("web")
-	if !slices.Equal(stages, []string{"shutdown.request:done", "shutdown.wait:done", "runtime.cleanup:done"}) {
+	if !slices.Equal(stages, []string{"graceful_shutdown:done", "wait_for_exit:done", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("stages %v", stages)
 	}
 	if !exists(e.layout.VM(v.ID).RootDisk()) || exists(v.Runtime.ControlSocket) {
@@ -196,7 +195,7 @@ func TestStopTimeoutIsAStageNotAnError(t *testing.T) {
 	e := newEnv(t)
 	e.fake.IgnoreShutdown = true
 	v := e.started("web")
-	got, err := e.svc.StopVM(context.Background(), "web", 150*time.Millisecond)
+	got, err := e.svc.StopVM(context.Background(), "web", StopOptions{Timeout: 150 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("timeout must not be an error: %v", err)
 	}
@@ -204,7 +203,7 @@ func TestStopTimeoutIsAStageNotAnError(t *testing.T) {
 		t.Fatal("vm not stopped after the timeout")
 	}
 	op, stages := e.lastOp("web")
-	if op.Status != model.OpDone || !slices.Equal(stages, []string{"shutdown.request:done", "shutdown.timeout:note", "vmm.kill:done", "runtime.cleanup:done"}) {
+	if op.Status != model.OpDone || !slices.Equal(stages, []string{"graceful_shutdown:done", "graceful_shutdown_timeout:note", "kill_running_vm:done", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("journal %v %v", op.Status, stages)
 	}
 }
@@ -221,7 +220,7 @@ func TestStopCleansStaleRuntime(t *testing.T) {
 	if !exists(v.Runtime.ControlSocket) {
 		t.Fatal("test setup: socket should still be there")
 	}
-	got, err := e.svc.StopVM(context.Background(), "web", 0)
+	got, err := e.svc.StopVM(context.Background(), "web", StopOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +228,7 @@ func TestStopCleansStaleRuntime(t *testing.T) {
 		t.Fatalf("stale stop: state %s socket left %v shutdowns %d", got.State, exists(v.Runtime.ControlSocket), e.fake.Count("shutdown"))
 	}
 	_, stages := e.lastOp("web")
-	if !slices.Equal(stages, []string{"vmm.not-running:note", "runtime.cleanup:done"}) {
+	if !slices.Equal(stages, []string{"vmm.not-running:note", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("stages %v", stages)
 	}
 }
@@ -248,7 +247,7 @@ func TestKillDefaultTERM(t *testing.T) {
 		t.Fatalf("vmm received %q, want TERM", sig)
 	}
 	_, stages := e.lastOp("web")
-	if !slices.Equal(stages, []string{"vmm.signal:done", "vmm.exit:done", "runtime.cleanup:done"}) {
+	if !slices.Equal(stages, []string{"send_signal:done", "wait_for_exit:done", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("stages %v", stages)
 	}
 }
@@ -295,7 +294,7 @@ func TestKillTimeoutIsAStage(t *testing.T) {
 		t.Fatal("not stopped")
 	}
 	_, stages := e.lastOp("web")
-	if !slices.Equal(stages, []string{"vmm.signal:done", "kill.timeout:note", "vmm.kill:done", "runtime.cleanup:done"}) {
+	if !slices.Equal(stages, []string{"send_signal:done", "signal_timeout:note", "kill_running_vm:done", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("stages %v", stages)
 	}
 }
@@ -308,7 +307,7 @@ func TestKillNotRunningCleansUp(t *testing.T) {
 		t.Fatalf("%v %v", err, got.State)
 	}
 	_, stages := e.lastOp("web")
-	if !slices.Equal(stages, []string{"vmm.not-running:note", "runtime.cleanup:done"}) {
+	if !slices.Equal(stages, []string{"vmm.not-running:note", "vmm.cleanup:done", "cleanup_runtime:done"}) {
 		t.Fatalf("stages %v", stages)
 	}
 }
@@ -325,7 +324,7 @@ func TestRestartHoldsTheLockThroughout(t *testing.T) {
 	}
 	restartDone := make(chan error, 1)
 	go func() {
-		_, err := e.svc.RestartVM(context.Background(), "web", 5*time.Second)
+		_, err := e.svc.RestartVM(context.Background(), "web", StopOptions{Timeout: 5 * time.Second})
 		restartDone <- err
 	}()
 	<-inStop
@@ -361,7 +360,7 @@ func TestRestartHoldsTheLockThroughout(t *testing.T) {
 	for _, st := range ops[1].Stages {
 		names = append(names, st.Name)
 	}
-	if !slices.Contains(names, "shutdown.request") || !slices.Contains(names, "vmm.launch") {
+	if !slices.Contains(names, "graceful_shutdown") || !slices.Contains(names, "vmm.launch") {
 		t.Fatalf("restart stages %v", names)
 	}
 }
@@ -398,26 +397,29 @@ func TestDeleteRemovesEverything(t *testing.T) {
 	}
 }
 
-func TestDeleteKillFailureIsWarnedNotReturned(t *testing.T) {
+// TestDeleteKillFailureFailsAndKeepsTheVM: a VMM that cannot be killed
+// fails the delete; the VM keeps its record, disk and runtime for a retry.
+func TestDeleteKillFailureFailsAndKeepsTheVM(t *testing.T) {
 	e := newEnv(t)
 	v := e.started("web")
 	real := e.svc.signal
-	var calls atomic.Int32
 	e.svc.signal = func(pid int, st uint64, sig syscall.Signal) error {
-		if calls.Add(1) == 1 {
-			return errors.New("operation not permitted")
-		}
-		return real(pid, st, sig)
+		return errors.New("operation not permitted")
 	}
+	err := e.svc.DeleteVM(context.Background(), "web")
+	if err == nil || !strings.Contains(err.Error(), "operation not permitted") || !strings.Contains(err.Error(), StageKillRunningVM) {
+		t.Fatalf("err = %v", err)
+	}
+	got := e.get("web")
+	if got.State != model.StateError || got.Runtime.PID != v.Runtime.PID || !alive(e.fake.Process(v.ID)) || !exists(e.layout.VM(v.ID).RootDisk()) {
+		t.Fatalf("a failed delete must keep the vm: %s %+v", got.State, got.Runtime)
+	}
+	e.svc.signal = real
 	if err := e.svc.DeleteVM(context.Background(), "web"); err != nil {
-		t.Fatalf("delete failed: %v", err)
+		t.Fatalf("retry: %v", err)
 	}
-	logs := e.logs.String()
-	if !strings.Contains(logs, `"msg":"kill before delete failed"`) || !strings.Contains(logs, `"error":"operation not permitted"`) {
-		t.Fatalf("kill failure not warned:\n%s", logs)
-	}
-	if alive(e.fake.Process(v.ID)) {
-		t.Fatal("the cleanup did not end the vmm")
+	if alive(e.fake.Process(v.ID)) || exists(v.VMDir) {
+		t.Fatal("the retried delete left the vmm or the dir")
 	}
 }
 
@@ -441,7 +443,11 @@ func TestPerVMSerializationAndCrossVMParallelism(t *testing.T) {
 	}
 	// A second operation on a waits for the lock...
 	stopDone := make(chan struct{})
-	go func() { _, err := e.svc.StopVM(context.Background(), "a", time.Second); errc <- err; close(stopDone) }()
+	go func() {
+		_, err := e.svc.StopVM(context.Background(), "a", StopOptions{Timeout: time.Second})
+		errc <- err
+		close(stopDone)
+	}()
 	// ...while b starts and finishes in parallel.
 	if _, err := e.svc.StartVM(context.Background(), "b"); err != nil {
 		t.Fatal(err)
@@ -480,7 +486,7 @@ func TestLockWaitRespectsContext(t *testing.T) {
 	// when its request ends; none of them then runs.
 	for name, call := range map[string]func(ctx context.Context) error{
 		"start":  func(ctx context.Context) error { _, err := e.svc.StartVM(ctx, "web"); return err },
-		"stop":   func(ctx context.Context) error { _, err := e.svc.StopVM(ctx, "web", 0); return err },
+		"stop":   func(ctx context.Context) error { _, err := e.svc.StopVM(ctx, "web", StopOptions{}); return err },
 		"kill":   func(ctx context.Context) error { _, err := e.svc.KillVM(ctx, "web", ""); return err },
 		"delete": func(ctx context.Context) error { return e.svc.DeleteVM(ctx, "web") },
 	} {

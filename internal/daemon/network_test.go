@@ -132,7 +132,7 @@ func TestStartMakesTapAndPublishesWhileRunning(t *testing.T) {
 	if !slices.Contains(stages, "network.tap:done") || !slices.Contains(stages, "cap.publish:done") {
 		t.Fatalf("stages %v", stages)
 	}
-	if _, err := e.svc.StopVM(context.Background(), "web", 0); err != nil {
+	if _, err := e.svc.StopVM(context.Background(), "web", StopOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if taps, pubs := fn.state(); taps != 0 || pubs != 0 {
@@ -170,8 +170,8 @@ func TestCapabilityCleanupErrorsAreJoinedAndNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	fn.failUnpub = errors.New("nft busy")
-	_, err := e.svc.StopVM(context.Background(), "web", 0)
-	if err == nil || !strings.Contains(err.Error(), "capability publish: nft busy") {
+	_, err := e.svc.StopVM(context.Background(), "web", StopOptions{})
+	if err == nil || !strings.Contains(err.Error(), "cap.publish: nft busy") {
 		t.Fatalf("err = %v", err)
 	}
 	if !strings.Contains(e.logs.String(), `"msg":"capability cleanup failed"`) || !strings.Contains(e.logs.String(), `"capability":"publish"`) {
@@ -182,7 +182,7 @@ func TestCapabilityCleanupErrorsAreJoinedAndNamed(t *testing.T) {
 		t.Fatalf("a failed cleanup must keep the runtime for a retry: %s %+v", v.State, v.Runtime)
 	}
 	fn.failUnpub = nil
-	if _, err := e.svc.StopVM(context.Background(), "web", 0); err != nil {
+	if _, err := e.svc.StopVM(context.Background(), "web", StopOptions{}); err != nil {
 		t.Fatalf("retry: %v", err)
 	}
 	if taps, pubs := fn.state(); taps != 0 || pubs != 0 {
@@ -259,8 +259,8 @@ func TestEveryCapabilityIsCleanedUpAndEachFailureNamed(t *testing.T) {
 	third := &fakeCap{name: "third", fail: errors.New("third broke")}
 	e.svc.caps = []capability{first, second, third}
 	e.started("web")
-	_, err := e.svc.StopVM(context.Background(), "web", 0)
-	if err == nil || !strings.Contains(err.Error(), "capability first: first broke") || !strings.Contains(err.Error(), "capability third: third broke") {
+	_, err := e.svc.StopVM(context.Background(), "web", StopOptions{})
+	if err == nil || !strings.Contains(err.Error(), "cap.first: first broke") || !strings.Contains(err.Error(), "cap.third: third broke") {
 		t.Fatalf("err = %v, want both failures joined", err)
 	}
 	if first.cleanups != 1 || second.cleanups != 1 || third.cleanups != 1 {

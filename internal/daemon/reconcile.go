@@ -8,19 +8,27 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-// Reconcile brings the records in line with the host after a daemon start:
-// a VM recorded as running whose VMM process is still the same process
-// (pid and start time) is re-adopted; otherwise its runtime is cleaned up
-// and it is recorded stopped with the reason. Creates that a crash cut
-// short are discarded.
+// Reconcile brings the records in line with the host after a daemon start.
+// Only records that claim a runtime are looked at (starting, running,
+// stopping, error with a runtime kept, and creating): a stopped VM holds
+// nothing on the host. Each is reconciled by the steps buildReconcileSteps
+// picks for it.
 func (s *Service) Reconcile(ctx context.Context) error {
-	vms, err := s.store.ListVMs(ctx)
+	vms, err := s.store.ListVMsClaimingRuntime(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	var errs []error
 	for _, listed := range vms {
-		err := s.withVM(ctx, listed.ID, func(v *model.VM) error { return s.reconcileLocked(ctx, v) })
+		err := s.withVM(ctx, listed.ID, func(v *model.VM) error {
+			op := s.newOperation("vm.reconcile", v)
+			steps := s.buildReconcileSteps(op, v)
+			if len(steps) == 0 {
+				return nil
+			}
+			op.open(ctx)
+			return op.finish(RunSteps(ctx, steps, op))
+		})
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -28,37 +36,44 @@ func (s *Service) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (s *Service) reconcileLocked(ctx context.Context, v *model.VM) error {
+// buildReconcileSteps is what brings v in line with the host:
+//   - creating: the create a crash cut short is discarded (the undos of
+//     the create steps, in reverse);
+//   - error with a runtime kept (a start whose rollback failed): teardown;
+//   - running or stopping, with the same VMM process (pid and start time)
+//     alive: re-adopted, recorded running;
+//   - otherwise (the VMM exited, or a start was cut short): teardown,
+//     recorded stopped with the reason.
+func (s *Service) buildReconcileSteps(op *operation, v *model.VM) []Step {
+	teardown := func(name, reason string) []Step {
+		return []Step{{Name: name, Do: func(ctx context.Context) error { return s.teardown(ctx, v, op, reason) }}}
+	}
 	switch v.State {
 	case model.StateCreating:
 		s.log.Warn("discarding a create the daemon did not finish", vmAttrs(v)...)
-		s.discardCreate(ctx, v)
-		return nil
+		op.Note(StageCreateDiscarded, "a create the daemon did not finish")
+		return UndoSteps(s.buildCreateSteps(op, &createCtx{v: v}))
 	case model.StateStopped:
 		return nil
 	case model.StateError:
 		if v.Runtime == (model.Runtime{}) {
 			return nil
 		}
-		// A start whose rollback failed kept its runtime: finish it.
-		op := s.begin(ctx, "vm.reconcile", v)
-		reason := "cleaned up what a failed start left: " + v.LastError
 		op.Note(StageRuntimeLeftover, fmt.Sprintf("pid %d alive=%v", v.Runtime.PID, s.alive(v)))
-		return op.finish(s.teardown(ctx, v, op, reason))
+		return teardown(StageCleanupRuntime, "cleaned up what a failed start left: "+v.LastError)
 	}
 	alive := s.alive(v)
 	if alive && v.State != model.StateStarting {
-		// Running (or a stop that was cut short): the VM is still up.
-		if v.State != model.StateRunning {
-			v.State = model.StateRunning
-			if err := s.store.UpdateVM(ctx, v); err != nil {
-				return err
-			}
-		}
 		s.log.Info("re-adopted running vm", vmAttrs(v)...)
-		return nil
+		if v.State == model.StateRunning {
+			return nil
+		}
+		// A stop cut short: the VM is still up.
+		return []Step{{Name: StageVMReadopted, Do: func(ctx context.Context) error {
+			v.State = model.StateRunning
+			return s.store.UpdateVM(ctx, v)
+		}}}
 	}
-	op := s.begin(ctx, "vm.reconcile", v)
 	var reason string
 	if alive {
 		reason = fmt.Sprintf("a start was cut short by a daemon exit; vmm pid %d was stopped", v.Runtime.PID)
@@ -66,5 +81,5 @@ func (s *Service) reconcileLocked(ctx context.Context, v *model.VM) error {
 		reason = fmt.Sprintf("vmm process %d exited while the daemon was not running", v.Runtime.PID)
 	}
 	op.Note(StageVMMGone, reason)
-	return op.finish(s.teardown(ctx, v, op, reason))
+	return teardown(StageCleanupRuntime, reason)
 }

@@ -25,13 +25,13 @@ func TestStartFailureAtEachRealStep(t *testing.T) {
 		undone []string
 	}{
 		{"network.tap", func(e *env, fn *fakeNet) { fn.failCreateTap = boom }, nil},
-		{"vmm.prepare", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.tap:undone"}},
+		{"cleanup_stale_runtime", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.tap:undone"}},
 		{"vmm.launch", func(e *env, fn *fakeNet) { e.fake.OnLaunch = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"vmm.prepare:undone", "network.tap:undone"}},
+			[]string{"cleanup_stale_runtime:undone", "network.tap:undone"}},
 		{"vmm.boot", func(e *env, fn *fakeNet) { e.fake.OnBoot = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"vmm.launch:undone", "vmm.prepare:undone", "network.tap:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone"}},
 		{"cap.publish", func(e *env, fn *fakeNet) { fn.failPublish = boom },
-			[]string{"vmm.launch:undone", "vmm.prepare:undone", "network.tap:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone"}},
 	}
 	for _, c := range cases {
 		t.Run(c.step, func(t *testing.T) {

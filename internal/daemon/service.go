@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,6 +77,9 @@ type Service struct {
 	locks  *vmLocks
 	pool   network.Pool
 	caps   []capability
+	probes probeCache
+	// tcgWarned: the slow-guest warning was logged (once per daemon).
+	tcgWarned atomic.Bool
 	// buildMu allows one image build at a time.
 	buildMu sync.Mutex
 	// signal sends signals to VMM processes; tests replace it.
@@ -119,14 +123,13 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal}, nil
 }
 
-// Store exposes the store for read-only API queries.
-func (s *Service) Store() *store.Store { return s.store }
-
 // Drivers returns what every configured driver reports about this host.
 func (s *Service) Drivers(ctx context.Context) []vmm.Info {
 	var out []vmm.Info
 	for _, kind := range slices.Sorted(maps.Keys(s.cfg.Drivers)) {
-		out = append(out, s.cfg.Drivers[kind].Probe(ctx))
+		info := s.cfg.Drivers[kind].Probe(ctx)
+		s.probes.remember(info)
+		out = append(out, info)
 	}
 	return out
 }
@@ -219,14 +222,15 @@ func removeAllIn(parent, dir string) error {
 // Layout is where the daemon keeps its files.
 func (s *Service) Layout() layout.Layout { return s.layout }
 
-// Unsupported lists the features v's driver does not offer on this host,
+// unsupported lists the features v's driver does not offer on this host,
 // with the reason, so `vm show` says so instead of leaving a silent gap.
-func (s *Service) Unsupported(ctx context.Context, v *model.VM) map[string]string {
+// It uses the driver's last probe.
+func (s *Service) unsupported(ctx context.Context, v *model.VM) map[string]string {
 	d, err := s.driver(v.VMM)
 	if err != nil {
 		return map[string]string{"vmm": err.Error()}
 	}
-	info := d.Probe(ctx)
+	info := s.probes.get(ctx, d)
 	out := map[string]string{}
 	if !info.Features.Vsock {
 		out["vsock"] = fmt.Sprintf("the %s driver offers no vsock device on this host", v.VMM)

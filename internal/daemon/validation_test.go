@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
@@ -93,9 +94,9 @@ func TestUnknownVMIsNotFound(t *testing.T) {
 	e := newEnv(t)
 	for name, call := range map[string]func() error{
 		"start":   func() error { _, err := e.svc.StartVM(context.Background(), "ghost"); return err },
-		"stop":    func() error { _, err := e.svc.StopVM(context.Background(), "ghost", 0); return err },
+		"stop":    func() error { _, err := e.svc.StopVM(context.Background(), "ghost", StopOptions{}); return err },
 		"kill":    func() error { _, err := e.svc.KillVM(context.Background(), "ghost", ""); return err },
-		"restart": func() error { _, err := e.svc.RestartVM(context.Background(), "ghost", 0); return err },
+		"restart": func() error { _, err := e.svc.RestartVM(context.Background(), "ghost", StopOptions{}); return err },
 		"delete":  func() error { return e.svc.DeleteVM(context.Background(), "ghost") },
 		"ops":     func() error { _, err := e.svc.Operations(context.Background(), "ghost", 0); return err },
 	} {
@@ -220,13 +221,14 @@ func TestReconcile(t *testing.T) {
 		t.Fatal("half-created vm kept")
 	}
 	// The re-adopted vm is stoppable; the "reused" process was never signalled.
-	if _, err := e.svc.StopVM(ctx, "live", 0); err != nil {
+	if _, err := e.svc.StopVM(ctx, "live", StopOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if p := e.fake.Process(reused.ID); !alive(p) {
 		t.Fatal("reconcile signalled a process whose start time did not match")
 	} else {
 		system.Signal(p.PID, p.StartTime, 9)
+		system.WaitExit(ctx, p.PID, p.StartTime, 10*time.Second) // before the leak check
 	}
 }
 

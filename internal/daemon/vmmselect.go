@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 
-	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -20,25 +19,9 @@ func (s *Service) ChooseVMM(ctx context.Context, requested string) (kind, reason
 	if err != nil {
 		return "", "", err
 	}
-	if info.Accel == "tcg" {
+	if info.Accel == "tcg" && !s.tcgWarned.Swap(true) {
+		// Once per daemon: the same sentence on every create buries the log.
 		s.log.Warn("vms will run under QEMU's TCG software emulation: expect slow guests", "reason", reason)
 	}
 	return info.Kind, reason, nil
-}
-
-// validateForDriver runs the chosen driver's own checks on the VM as it
-// would start, so a spec the driver cannot run is refused at create.
-func (s *Service) validateForDriver(ctx context.Context, v *model.VM, img *model.Image) error {
-	d, err := s.driver(v.VMM)
-	if err != nil {
-		return err
-	}
-	spec, err := s.startSpec(v, img)
-	if err != nil {
-		return err
-	}
-	if spec.Kernel, err = kernelFor(d.Probe(ctx), img); err != nil {
-		return err
-	}
-	return d.Validate(spec)
 }

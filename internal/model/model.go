@@ -119,3 +119,9 @@ type Stage struct {
 	Detail string    `json:"detail,omitempty"`
 	At     time.Time `json:"at"`
 }
+
+// Live reports whether a VM in this state may have a VMM process running
+// (so its log may grow): starting, running or stopping.
+func (s VMState) Live() bool {
+	return s == StateStarting || s == StateRunning || s == StateStopping
+}

@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"os"
 	"time"
-
-	"github.com/banger-vm/banger/internal/model"
 )
 
 // vmLogs streams a VM's log file (console and VMM output). With follow=1
@@ -54,8 +52,7 @@ func (s *server) vmLogs(w http.ResponseWriter, r *http.Request) {
 		if fl != nil {
 			fl.Flush()
 		}
-		cur, gerr := s.svc.Store().GetVM(ctx, v.ID)
-		if gerr != nil || (cur.State != model.StateRunning && cur.State != model.StateStarting && cur.State != model.StateStopping) {
+		if !s.svc.LogMayGrow(ctx, v.ID) {
 			return
 		}
 		select {

@@ -3,7 +3,6 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"log/slog"
 	"net"
@@ -111,6 +110,7 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 	for _, v := range vms {
 		vm := toVM(v)
 		vm.Image = names[v.ImageID]
+		vm.VMMReason = "" // the same sentence for most VMs: on show only
 		out = append(out, vm)
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -127,8 +127,12 @@ func (s *server) createVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) getVM(w http.ResponseWriter, r *http.Request) {
-	v, err := s.svc.GetVM(r.Context(), r.PathValue("ref"))
-	s.vmResult(w, r, v, err, http.StatusOK)
+	view, err := s.svc.ShowVM(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toView(view))
 }
 
 func (s *server) startVM(w http.ResponseWriter, r *http.Request) {
@@ -142,7 +146,7 @@ func (s *server) stopVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	v, err := s.svc.StopVM(r.Context(), r.PathValue("ref"), seconds(req.TimeoutSeconds))
+	v, err := s.svc.StopVM(r.Context(), r.PathValue("ref"), daemon.StopOptions{Timeout: seconds(req.TimeoutSeconds), Force: req.Force})
 	s.vmResult(w, r, v, err, http.StatusOK)
 }
 
@@ -152,7 +156,7 @@ func (s *server) restartVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	v, err := s.svc.RestartVM(r.Context(), r.PathValue("ref"), seconds(req.TimeoutSeconds))
+	v, err := s.svc.RestartVM(r.Context(), r.PathValue("ref"), daemon.StopOptions{Timeout: seconds(req.TimeoutSeconds), Force: req.Force})
 	s.vmResult(w, r, v, err, http.StatusOK)
 }
 
@@ -196,27 +200,25 @@ func (s *server) vmOps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// vmResult writes v (even on error, the error wins) with the given status.
+// vmResult writes v's view (the error wins) with the given status.
 func (s *server) vmResult(w http.ResponseWriter, r *http.Request, v *model.VM, err error, status int) {
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, status, s.vmDetail(r.Context(), v))
+	writeJSON(w, status, toView(s.svc.View(r.Context(), v)))
 }
 
-// vmDetail is a VM as `vm show` sees it: with its image's name, its last
+// toView is a VM as `vm show` sees it: with its image's name, its last
 // operation and the driver features it lacks.
-func (s *server) vmDetail(ctx context.Context, v *model.VM) api.VM {
-	out := toVM(v)
-	if im, _, err := s.svc.GetImage(ctx, v.ImageID); err == nil {
-		out.Image = im.Name
-	}
-	if ops, err := s.svc.Store().ListOperations(ctx, v.ID, 1); err == nil && len(ops) == 1 {
-		op := toOp(ops[0])
+func toView(view *daemon.VMView) api.VM {
+	out := toVM(view.VM)
+	out.Image = view.Image
+	if view.LastOperation != nil {
+		op := toOp(view.LastOperation)
 		out.LastOperation = &op
 	}
-	out.Unsupported = s.svc.Unsupported(ctx, v)
+	out.Unsupported = view.Unsupported
 	return out
 }
 

@@ -174,7 +174,7 @@ func TestLifecycleOverTheAPI(t *testing.T) {
 	if v.Unsupported["vsock"] == "" {
 		t.Fatal("a driver without vsock must say so in vm show")
 	}
-	if v, err = h.c.StopVM(ctx, "web", time.Second); err != nil || v.State != "stopped" {
+	if v, err = h.c.StopVM(ctx, "web", time.Second, false); err != nil || v.State != "stopped" {
 		t.Fatalf("stop: %v %+v", err, v)
 	}
 	ops, err := h.c.Operations(ctx, "web", 0)
@@ -239,5 +239,36 @@ func TestImportNeedsARootPeer(t *testing.T) {
 	h.handler.ServeHTTP(rec, req)
 	if rec.Code != http.StatusPreconditionFailed || !strings.Contains(rec.Body.String(), "peer uid 1000") {
 		t.Fatalf("uid 1000: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// TestListIsCompactShowIsWhole: vm list leaves out the per-VM VMM reason
+// (one sentence repeated per VM); vm show and lifecycle replies carry it,
+// the image's name and the last operation.
+func TestListIsCompactShowIsWhole(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.importImage(t)
+	for _, n := range []string{"a", "b"} {
+		v, err := h.c.CreateVM(ctx, api.CreateVMRequest{Name: n, VCPUs: 1, MemoryMiB: 128})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Image != "default" || v.VMMReason == "" || v.LastOperation == nil || v.LastOperation.Kind != "vm.create" {
+			t.Fatalf("create reply %+v", v)
+		}
+	}
+	vms, err := h.c.ListVMs(ctx)
+	if err != nil || len(vms) != 2 {
+		t.Fatalf("list %v %v", vms, err)
+	}
+	for _, v := range vms {
+		if v.VMMReason != "" || v.Image != "default" || v.LastOperation != nil {
+			t.Fatalf("list entry %+v", v)
+		}
+	}
+	v, err := h.c.GetVM(ctx, "a")
+	if err != nil || v.VMMReason == "" || v.Image != "default" || v.LastOperation == nil {
+		t.Fatalf("show %+v %v", v, err)
 	}
 }

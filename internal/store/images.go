@@ -67,6 +67,16 @@ func (t *Tx) ResolveImage(ctx context.Context, ref string) (*model.Image, error)
 	return nil, errdefs.NotFound("image %q not found (hint: banger image list shows the images)", ref)
 }
 
+// ImageName returns the name of image id (indexed: one row read).
+func (t *Tx) ImageName(ctx context.Context, id string) (string, error) {
+	var name string
+	err := t.tx.QueryRowContext(ctx, `SELECT name FROM images WHERE id = ?`, id).Scan(&name)
+	if err != nil {
+		return "", notFound(err, "image %q not found", id)
+	}
+	return name, nil
+}
+
 func (t *Tx) ListImages(ctx context.Context) ([]*model.Image, error) {
 	return t.queryImages(ctx, `SELECT `+imageColumns+` FROM images ORDER BY created_at, id`)
 }
@@ -109,6 +119,27 @@ func (t *Tx) DeleteImage(ctx context.Context, id string) error {
 
 func (s *Store) ResolveImage(ctx context.Context, ref string) (*model.Image, error) {
 	return view(ctx, s, func(t *Tx) (*model.Image, error) { return t.ResolveImage(ctx, ref) })
+}
+
+// ResolveImageUsers resolves ref and names the VMs made from it (image show).
+func (s *Store) ResolveImageUsers(ctx context.Context, ref string) (*model.Image, []string, error) {
+	type out struct {
+		im    *model.Image
+		users []string
+	}
+	o, err := view(ctx, s, func(t *Tx) (out, error) {
+		im, err := t.ResolveImage(ctx, ref)
+		if err != nil {
+			return out{}, err
+		}
+		users, err := t.VMNamesUsingImage(ctx, im.ID)
+		return out{im, users}, err
+	})
+	return o.im, o.users, err
+}
+
+func (s *Store) ImageName(ctx context.Context, id string) (string, error) {
+	return view(ctx, s, func(t *Tx) (string, error) { return t.ImageName(ctx, id) })
 }
 
 func (s *Store) ListImages(ctx context.Context) ([]*model.Image, error) {

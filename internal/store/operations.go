@@ -42,7 +42,7 @@ func (s *Store) ListOperations(ctx context.Context, vmID string, limit int) ([]*
 	if limit <= 0 {
 		limit = -1
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, vm_id, kind, status, error, stages, started_at, ended_at
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, vm_id, kind, status, error, stages, started_at, ended_at
 		FROM operations WHERE vm_id = ? ORDER BY id DESC LIMIT ?`, vmID, limit)
 	if err != nil {
 		return nil, err

@@ -110,6 +110,10 @@ var migrations = []string{
 		ended_at   INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX operations_vm ON operations(vm_id, id);`,
+	// 2: vm show and image delete look VMs up by image; startup reconcile
+	// reads only the VMs in a live state.
+	`CREATE INDEX vms_image ON vms(image_id);
+	CREATE INDEX vms_state ON vms(state);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

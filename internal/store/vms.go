@@ -170,9 +170,37 @@ func (t *Tx) ListVMs(ctx context.Context) ([]*model.VM, error) {
 	return t.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY created_at, id`)
 }
 
+// ListVMsClaimingRuntime returns the VMs whose record says they may hold
+// something on the host: starting, running, stopping, creating, or in error
+// with a runtime kept. Stopped VMs (the bulk of a fleet) are not read.
+func (t *Tx) ListVMsClaimingRuntime(ctx context.Context) ([]*model.VM, error) {
+	return t.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms
+		WHERE state IN ('starting', 'running', 'stopping', 'creating')
+		   OR (state = 'error' AND (pid != 0 OR control_socket != '' OR vsock_path != '' OR tap != '' OR dm_name != ''))
+		ORDER BY created_at, id`)
+}
+
 // VMsUsingImage returns the VMs made from image id.
 func (t *Tx) VMsUsingImage(ctx context.Context, imageID string) ([]*model.VM, error) {
 	return t.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+}
+
+// VMNamesUsingImage returns the names of the VMs made from image id.
+func (t *Tx) VMNamesUsingImage(ctx context.Context, imageID string) ([]string, error) {
+	rows, err := t.tx.QueryContext(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 func (t *Tx) queryVMs(ctx context.Context, q string, args ...any) ([]*model.VM, error) {
@@ -241,6 +269,10 @@ func (s *Store) ResolveVM(ctx context.Context, ref string) (*model.VM, error) {
 
 func (s *Store) ListVMs(ctx context.Context) ([]*model.VM, error) {
 	return view(ctx, s, func(t *Tx) ([]*model.VM, error) { return t.ListVMs(ctx) })
+}
+
+func (s *Store) ListVMsClaimingRuntime(ctx context.Context) ([]*model.VM, error) {
+	return view(ctx, s, func(t *Tx) ([]*model.VM, error) { return t.ListVMsClaimingRuntime(ctx) })
 }
 
 func (s *Store) UpdateVM(ctx context.Context, v *model.VM) error {

@@ -67,13 +67,13 @@ func TestLifecycle(t *testing.T) {
 	d.must("vm", "stop", "life")
 	logs := d.waitLog("life", testimage.ShutdownMarker, 1, 5*time.Second)
 	kind, stages := stageNames(d, "life")
-	if kind != "vm.stop" || stages["shutdown.wait"] != "done" {
+	if kind != "vm.stop" || stages["wait_for_exit"] != "done" {
 		t.Fatalf("stop journal %s %v", kind, stages)
 	}
-	if _, killed := stages["vmm.kill"]; killed {
+	if _, killed := stages["kill_running_vm"]; killed {
 		t.Fatalf("the VMM was killed on a graceful stop: %v", stages)
 	}
-	if _, timedOut := stages["shutdown.timeout"]; timedOut {
+	if _, timedOut := stages["graceful_shutdown_timeout"]; timedOut {
 		t.Fatalf("graceful stop timed out: %v", stages)
 	}
 	if alive(pid) {
@@ -99,7 +99,7 @@ func TestLifecycle(t *testing.T) {
 	if alive(pid) {
 		t.Fatal("VMM alive after kill")
 	}
-	if kind, stages := stageNames(d, "life"); kind != "vm.kill" || stages["vmm.signal"] != "done" {
+	if kind, stages := stageNames(d, "life"); kind != "vm.kill" || stages["send_signal"] != "done" {
 		t.Fatalf("kill journal %s %v", kind, stages)
 	}
 	if v := d.show("life"); v.State != "stopped" {
@@ -188,7 +188,7 @@ func TestDaemonRestartKeepsVMRunning(t *testing.T) {
 	}
 	d.must("vm", "stop", "survivor")
 	d.waitLog("survivor", testimage.ShutdownMarker, 1, 5*time.Second)
-	if _, stages := stageNames(d, "survivor"); stages["shutdown.wait"] != "done" {
+	if _, stages := stageNames(d, "survivor"); stages["wait_for_exit"] != "done" {
 		t.Fatalf("re-adopted vm did not stop gracefully: %v", stages)
 	}
 	if alive(pid) {
@@ -329,4 +329,45 @@ func TestStartFailingAfterLaunchLeaksNothing(t *testing.T) {
 	if rules, _ := exec.Command("ip", "netns", "exec", d.netns, "nft", "list", "chain", "inet", "banger", "publish").CombinedOutput(); strings.Contains(string(rules), "dnat") {
 		t.Fatalf("rule left:\n%s", rules)
 	}
+}
+
+// TestStopWhoseRequestFailsKeepsTheVMRunning: when the shutdown request
+// cannot reach the VMM (its control socket is gone), stop fails, says why,
+// and the VM keeps running, recorded as such; --force then ends it.
+func TestStopWhoseRequestFailsKeepsTheVMRunning(t *testing.T) {
+	requireE2E(t)
+	d := startDaemon(t)
+	d.importTestImage()
+	d.createVM("hold")
+	d.must("vm", "start", "hold")
+	d.waitLog("hold", testimage.BootLine(1), 1, bootTimeout)
+	v := d.show("hold")
+	if err := os.Remove(v.Runtime.ControlSocket); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := d.run("vm", "stop", "hold")
+	if err == nil || r.code == 0 {
+		t.Fatal("stop succeeded without a control socket")
+	}
+	if !strings.Contains(r.stderr, "still running") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("the error does not say the vm still runs, or how to force it: %s", r.stderr)
+	}
+	after := d.show("hold")
+	if after.State != "running" || after.Runtime.PID != v.Runtime.PID || !alive(v.Runtime.PID) {
+		t.Fatalf("after a failed stop: state %s pid %d alive %v", after.State, after.Runtime.PID, alive(v.Runtime.PID))
+	}
+	if kind, stages := stageNames(d, "hold"); kind != "vm.stop" || stages["graceful_shutdown"] != "failed" || len(stages) != 1 {
+		t.Fatalf("journal %s %v", kind, stages)
+	}
+
+	d.must("vm", "stop", "--force", "hold")
+	after = d.show("hold")
+	if after.State != "stopped" || alive(v.Runtime.PID) {
+		t.Fatalf("after --force: state %s, vmm alive %v", after.State, alive(v.Runtime.PID))
+	}
+	if _, stages := stageNames(d, "hold"); stages["force"] != "note" || stages["kill_running_vm"] != "done" || stages["cleanup_runtime"] != "done" {
+		t.Fatalf("forced stop stages %v", stages)
+	}
+	d.must("vm", "delete", "hold") // the harness's cleanup checks nothing is left
 }
