@@ -10,7 +10,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
@@ -176,7 +176,7 @@ func (s *Service) discardCreate(ctx context.Context, v *model.VM) {
 	if err := s.store.DeleteVM(ctx, v.ID); err != nil {
 		s.log.Warn("could not remove the record of a failed create", append(vmAttrs(v), "error", err)...)
 	}
-	if err := guest.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
+	if err := identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
 		s.log.Warn("could not remove the host-key pins of a failed create", append(vmAttrs(v), "error", err)...)
 	}
 }

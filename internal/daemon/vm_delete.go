@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"syscall"
 
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -42,7 +42,7 @@ func (s *Service) deleteLocked(ctx context.Context, v *model.VM, op *operation) 
 	if err := removeAllIn(s.layout.VMsDir(), v.VMDir); err != nil {
 		errs = append(errs, fmt.Errorf("remove vm dir: %w", err))
 	}
-	if err := guest.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
+	if err := identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
 		errs = append(errs, fmt.Errorf("remove host-key pins: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
