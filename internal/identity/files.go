@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -66,21 +67,44 @@ func files(id Identity, u account, hosts []byte) []File {
 	)
 }
 
+// ImageFacts is what the identity files need from an image: the account
+// of the guest user and the /etc/hosts to amend. Banger's images are
+// immutable, so they can be read once per image (ReadImage) and kept.
+type ImageFacts struct {
+	User     string
+	UID, GID uint32
+	Home     string
+	Hosts    []byte // the image's /etc/hosts, nil when it has none
+}
+
+// ReadImage reads the facts for user from the image's ext4 root file
+// imageRoot, read only, with debugfs (its files go in a private directory
+// under workDir, removed on return). It takes a few debugfs runs (about
+// 100 ms on a busy host): call it once per image, not per VM.
+func ReadImage(ctx context.Context, imageRoot, workDir, user string) (ImageFacts, error) {
+	if !userRE.MatchString(user) {
+		return ImageFacts{}, errdefs.InvalidArgument("guest identity: user %q is not a valid account name", user)
+	}
+	u, hosts, err := readImage(ctx, imageRoot, workDir, user)
+	if err != nil {
+		return ImageFacts{}, fmt.Errorf("read image %s: %w", imageRoot, err)
+	}
+	return ImageFacts{User: u.name, UID: u.uid, GID: u.gid, Home: u.home, Hosts: hosts}, nil
+}
+
 // Files returns id as the files banger writes into a guest's root (see
-// files), resolving id.User's uid, gid and home, and the /etc/hosts to
-// amend, from the image's ext4 root file imageRoot, read only (banger's
-// images are immutable: what is read here is what the guest boots). The
-// debugfs session's files go in a private directory under workDir, as
-// ApplyIdentity's.
-func Files(ctx context.Context, imageRoot, workDir string, id Identity) ([]File, error) {
+// files), with the account and hosts file of img (from ReadImage).
+func Files(id Identity, img ImageFacts) ([]File, error) {
 	if err := id.validate(); err != nil {
 		return nil, err
 	}
-	u, hosts, err := readImage(ctx, imageRoot, workDir, id.User)
-	if err != nil {
-		return nil, err
+	if img.User != id.User {
+		return nil, errdefs.InvalidArgument("guest identity: image facts are for user %q, not %q", img.User, id.User)
 	}
-	return files(id, u, hosts), nil
+	if safePath(img.Home) != nil || img.Home == "/" {
+		return nil, errdefs.InvalidArgument("guest identity: home directory %q is not a path banger writes", img.Home)
+	}
+	return files(id, account{name: img.User, uid: img.UID, gid: img.GID, home: img.Home}, img.Hosts), nil
 }
 
 // readImage reads the account of user and /etc/hosts from the ext4 image at
