@@ -20,6 +20,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -34,6 +35,10 @@ import (
 //
 //go:embed init.sh
 var DefaultInit string
+
+// Features are what DefaultInit does beyond mounting the root, as the image
+// manifest records them (api.ImageManifest.InitramfsFeatures).
+var Features = []string{api.InitramfsConfigDisk}
 
 // ModuleListPath is the file in the initramfs that lists the module files to
 // load, as absolute paths, one a line, in load order.
