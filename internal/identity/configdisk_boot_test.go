@@ -99,21 +99,35 @@ func flatten(t *testing.T, ov string) string {
 
 // boot runs the guest under QEMU TCG with root (qcow2) and, if cfg is not
 // empty, the config disk read-only, until it powers off; it returns the
-// serial console.
-func boot(t *testing.T, ctx context.Context, img testimage.Image, root, cfg string) string {
+// serial console. With firecrackerLike the config disk comes first (it is
+// vda, the root vdb) and has no serial, as a Firecracker drive: the
+// initramfs must find it by its magic alone.
+func boot(t *testing.T, ctx context.Context, img testimage.Image, root, cfg string, firecrackerLike bool) string {
 	t.Helper()
 	console := filepath.Join(t.TempDir(), "console.log")
-	cmdline := "console=ttyS0 root=/dev/vda rw panic=1"
 	args := []string{
 		"-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + console,
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
+	}
+	rootArgs := []string{
 		"-drive", "file=" + root + ",if=none,id=root,format=qcow2",
 		"-device", "virtio-blk-pci,drive=root",
 	}
-	if cfg != "" {
+	cmdline := "console=ttyS0 root=/dev/vda rw panic=1"
+	switch {
+	case cfg == "":
+		args = append(args, rootArgs...)
+	case firecrackerLike:
+		cmdline = "console=ttyS0 root=/dev/vdb rw panic=1 banger.config=1"
+		args = append(args,
+			"-drive", "file="+cfg+",if=none,id=cfg,format=raw,readonly=on",
+			"-device", "virtio-blk-pci,drive=cfg")
+		args = append(args, rootArgs...)
+	default:
 		cmdline += " banger.config=1"
+		args = append(args, rootArgs...)
 		args = append(args,
 			"-drive", "file="+cfg+",if=none,id=cfg,format=raw,readonly=on",
 			"-device", "virtio-blk-pci,drive=cfg,serial="+ConfigDiskSerial)
@@ -181,7 +195,7 @@ func TestConfigDiskBoot(t *testing.T) {
 		}
 		cfgSum := fileSum(t, cfg)
 		ov := overlay(t, base)
-		con := boot(t, ctx, img, ov, cfg)
+		con := boot(t, ctx, img, ov, cfg, false)
 		for _, want := range []string{
 			"initramfs: identity applied",
 			"GUEST-UP hostname=web", // /sbin/init already sees the identity
@@ -209,9 +223,27 @@ func TestConfigDiskBoot(t *testing.T) {
 		}
 	})
 
+	t.Run("found by its magic alone as a Firecracker drive", func(t *testing.T) {
+		id := testIdentity(t, "fc")
+		facts, err := ReadImage(ctx, base, t.TempDir(), id.User)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(t.TempDir(), "config.img")
+		if err := WriteConfigDisk(cfg, id, facts); err != nil {
+			t.Fatal(err)
+		}
+		ov := overlay(t, base)
+		con := boot(t, ctx, img, ov, cfg, true)
+		if !strings.Contains(con, "config disk /dev/vda") || !strings.Contains(con, "GUEST-UP hostname=fc") {
+			t.Errorf("console:\n%s", con)
+		}
+		checkApplied(t, flatten(t, ov), id, "/home/banger")
+	})
+
 	t.Run("no config disk applies nothing", func(t *testing.T) {
 		ov := overlay(t, base)
-		con := boot(t, ctx, img, ov, "")
+		con := boot(t, ctx, img, ov, "", false)
 		if !strings.Contains(con, "GUEST-UP hostname=banger-test") || strings.Contains(con, "identity applied") {
 			t.Errorf("console:\n%s", con)
 		}
@@ -245,7 +277,7 @@ func TestConfigDiskBoot(t *testing.T) {
 	} {
 		t.Run("refuses a hostile archive: "+name, func(t *testing.T) {
 			ov := overlay(t, base)
-			con := boot(t, ctx, img, ov, rawConfigDisk(t, tc.entries, tc.bodies))
+			con := boot(t, ctx, img, ov, rawConfigDisk(t, tc.entries, tc.bodies), false)
 			if !strings.Contains(con, "config disk") || !strings.Contains(con, "refused") || strings.Contains(con, "GUEST-UP") {
 				t.Errorf("want a refusal and no boot; console:\n%s", con)
 			}
@@ -279,7 +311,7 @@ func TestConfigDiskBoot(t *testing.T) {
 			t.Fatal(err)
 		}
 		ov := overlay(t, evil)
-		con := boot(t, ctx, img, ov, cfg)
+		con := boot(t, ctx, img, ov, cfg, false)
 		if !strings.Contains(con, "refused") || strings.Contains(con, "GUEST-UP") {
 			t.Errorf("want a refusal and no boot; console:\n%s", con)
 		}
