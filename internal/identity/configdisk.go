@@ -62,9 +62,9 @@ func configAllowed(p string, dir bool) bool {
 // holds the VM's private host keys), replacing any file there; img is the
 // image's account and hosts file (ReadImage). It touches no image.
 func WriteConfigDisk(path string, id Identity, img ImageFacts) error {
-	fs, err := Files(id, img)
+	list, err := Files(id, img)
 	if err == nil {
-		err = writeConfigDisk(path, fs)
+		err = writeConfigDisk(path, list)
 	}
 	if err != nil {
 		return fmt.Errorf("config disk of vm %q: %w", id.Hostname, err)
@@ -72,16 +72,16 @@ func WriteConfigDisk(path string, id Identity, img ImageFacts) error {
 	return nil
 }
 
-// ConfigDisk returns the config disk image holding fs. It refuses a file
+// ConfigDisk returns the config disk image holding list. It refuses a file
 // the initramfs would not apply (see configAllowed) and any other mode bit
 // than the permissions (no setuid, no device, no link).
-func ConfigDisk(fs []File) ([]byte, error) {
+func ConfigDisk(list []File) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.WriteString(ConfigDiskMagic)
 	buf.Write(make([]byte, ConfigDiskHeaderSize-len(ConfigDiskMagic)))
 	w := cpio.NewWriter(&buf)
 	seen := map[string]bool{}
-	for _, f := range fs {
+	for _, f := range list {
 		if f.Mode&^(os.ModeDir|os.ModePerm) != 0 {
 			return nil, errdefs.InvalidArgument("%s: mode %v is not a plain file or directory mode", f.Path, f.Mode)
 		}
@@ -119,8 +119,8 @@ func ConfigDisk(fs []File) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func writeConfigDisk(path string, fs []File) error {
-	data, err := ConfigDisk(fs)
+func writeConfigDisk(path string, list []File) error {
+	data, err := ConfigDisk(list)
 	if err != nil {
 		return err
 	}

@@ -100,7 +100,9 @@ func (id Identity) validate() error {
 	return nil
 }
 
-// ApplyIdentity writes id onto the ext4 root disk at diskPath, which must
+// ApplyIdentity writes id (the list Files makes) onto the raw ext4 root
+// disk at diskPath, for images whose initramfs does not apply config disks
+// (see WriteConfigDisk for those that do). diskPath must
 // not be in use (banger does this before a VM's first boot). It does not
 // mount the image: it drives debugfs, see debugfs for how the command
 // stream is kept safe. It writes /etc/hostname, /etc/hosts (the
