@@ -61,7 +61,7 @@ func TestRenderJSONIsTheAPIStruct(t *testing.T) {
 		t.Fatalf("round trip: %+v", back)
 	}
 	b.Reset()
-	if err := renderImage(&b, "json", api.Image{Name: "default", Manifest: map[string]any{"release": "bookworm"}}); err != nil {
+	if err := renderImage(&b, "json", api.Image{Name: "default", Manifest: &api.ImageManifest{Release: "bookworm"}}); err != nil {
 		t.Fatal(err)
 	}
 	var im api.Image
@@ -154,11 +154,11 @@ func TestCLIRejectsBadInputBeforeCallingTheDaemon(t *testing.T) {
 }
 
 func TestRenderImageManifest(t *testing.T) {
-	raw := map[string]any{
-		"release": "bookworm", "mirror": "http://deb.debian.org/debian", "kernel_version": "6.1.0-56-cloud-amd64",
-		"kernel_package": "linux-image-cloud-amd64", "kernel_package_version": "6.1.192-2", "duration_seconds": 45.2,
-		"packages":  []map[string]string{{"name": "openssh-server", "version": "1:9.2p1-2"}, {"name": "systemd", "version": "252.39-1"}},
-		"artifacts": []map[string]any{{"name": "vmlinux", "size": 53243444, "sha256": "ab12"}, {"name": "rootfs.ext4", "size": 2 << 30, "sha256": "cd34"}},
+	raw := &api.ImageManifest{
+		Release: "bookworm", Mirror: "http://deb.debian.org/debian", KernelVersion: "6.1.0-56-cloud-amd64",
+		KernelPackage: "linux-image-cloud-amd64", KernelPackageVersion: "6.1.192-2", DurationSeconds: 45.2,
+		Packages:  []api.ImagePackage{{Name: "openssh-server", Version: "1:9.2p1-2"}, {Name: "systemd", Version: "252.39-1"}},
+		Artifacts: []api.ImageArtifact{{Name: "vmlinux", Size: 53243444, SHA256: "ab12"}, {Name: "rootfs.ext4", Size: 2 << 30, SHA256: "cd34"}},
 	}
 	var b bytes.Buffer
 	if err := renderImage(&b, "table", api.Image{Name: "default", Manifest: raw}); err != nil {

@@ -179,39 +179,9 @@ func renderImage(w io.Writer, format string, im api.Image) error {
 	return nil
 }
 
-// manifest is what `image show` prints of a built image's manifest; the
-// whole of it is in `-o json`.
-type manifest struct {
-	Release              string    `json:"release"`
-	Mirror               string    `json:"mirror"`
-	KernelPackage        string    `json:"kernel_package"`
-	KernelPackageVersion string    `json:"kernel_package_version"`
-	KernelVersion        string    `json:"kernel_version"`
-	KernelCmdline        string    `json:"kernel_cmdline"`
-	BuiltAt              time.Time `json:"built_at"`
-	DurationSeconds      float64   `json:"duration_seconds"`
-	Packages             []struct {
-		Name    string `json:"name"`
-		Version string `json:"version"`
-	} `json:"packages"`
-	Artifacts []struct {
-		Name   string `json:"name"`
-		Size   int64  `json:"size"`
-		SHA256 string `json:"sha256"`
-	} `json:"artifacts"`
-}
-
 // renderManifest prints a built image's manifest; its package list is
 // counted, not listed (it has some 150 entries): -o json has every package.
-func renderManifest(w io.Writer, image string, raw any) error {
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return err
-	}
-	var m manifest
-	if err := json.Unmarshal(b, &m); err != nil || m.Release == "" {
-		return writeJSON(w, raw) // not a manifest banger's builder wrote
-	}
+func renderManifest(w io.Writer, image string, m *api.ImageManifest) error {
 	t := table(w)
 	row := func(k, val string) { fmt.Fprintf(t, "  %s:\t%s\n", k, val) }
 	row("Release", fmt.Sprintf("%s (%s)", m.Release, m.Mirror))
