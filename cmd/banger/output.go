@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,7 +23,26 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+// table aligns columns for w. tabwriter writes each cell and each run of
+// padding with its own Write: the buffer makes a 1000-row list one write to
+// the terminal, not some 18000 (a third of `vm list`'s CPU time at 1000 VMs).
+// Flush writes it all.
+func table(w io.Writer) *tableWriter {
+	buf := bufio.NewWriter(w)
+	return &tableWriter{Writer: tabwriter.NewWriter(buf, 0, 4, 2, ' ', 0), buf: buf}
+}
+
+type tableWriter struct {
+	*tabwriter.Writer
+	buf *bufio.Writer
+}
+
+func (t *tableWriter) Flush() error {
+	if err := t.Writer.Flush(); err != nil {
+		return err
+	}
+	return t.buf.Flush()
+}
 
 func short(id string) string {
 	if len(id) > 12 {
