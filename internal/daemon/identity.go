@@ -23,7 +23,11 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		op.Note(stage, "no managed ssh key configured: identity not written")
 		return nil
 	}
-	disk := s.layout.VM(v.ID).RootDisk()
+	if !rawAtCreate(diskKind(v)) {
+		op.Note(stage, "not written (a "+v.DiskStrategy+" disk is no raw file debugfs can write at create): ssh will trust the guest's host key on first use")
+		return nil
+	}
+	disk := s.diskPath(v)
 	if ok, why := guest.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
 		op.Note(stage, "not written ("+why+"): ssh will trust the guest's host key on first use")
 		return nil

@@ -276,6 +276,8 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 		return errdefs.InvalidArgument("memory %d MiB is too small for a Linux guest (hint: %d MiB or more)", spec.MemoryMiB, MinMemoryMiB)
 	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
+	case spec.RootDiskFormat != "" && spec.RootDiskFormat != "raw":
+		return errdefs.InvalidArgument("root disk format %q: Firecracker opens raw files and block devices only (hint: --disk-strategy reflink, dm-snapshot or sparse-copy)", spec.RootDiskFormat)
 	}
 	if err := checkInstanceID(spec.ID); err != nil {
 		return err
