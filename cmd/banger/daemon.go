@@ -20,7 +20,7 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/daemon"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/network"
@@ -130,7 +130,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if err != nil {
 		return err
 	}
-	_, authorizedKey, err := guest.EnsureClientKey(l.ClientKey())
+	_, authorizedKey, err := identity.EnsureClientKey(l.ClientKey())
 	if err != nil {
 		return fmt.Errorf("banger's ssh key: %w", err)
 	}

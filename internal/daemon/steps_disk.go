@@ -10,7 +10,7 @@ import (
 	"sync"
 
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/storage"
@@ -105,7 +105,7 @@ func (s *Service) identityNeedsRaw(ctx context.Context, img *model.Image) bool {
 	if ok, found := s.disk.rawIdentity.Load(img.ID); found {
 		return ok.(bool)
 	}
-	ok, _ := guest.CanApplyIdentity(ctx, img.RootfsPath, s.layout.TmpDir(), s.cfg.GuestUser)
+	ok, _ := identity.CanApplyIdentity(ctx, img.RootfsPath, s.layout.TmpDir(), s.cfg.GuestUser)
 	s.disk.rawIdentity.Store(img.ID, ok)
 	return ok
 }
