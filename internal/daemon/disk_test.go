@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/storage"
 	"github.com/banger-vm/banger/internal/vmm"
@@ -227,5 +228,54 @@ func TestCloneDiskCopiesTheVMsContent(t *testing.T) {
 	b, err := os.ReadFile(dst)
 	if err != nil || len(b) < 4096+17 || string(b[4096:4096+17]) != "written by the vm" {
 		t.Fatalf("clone lacks the vm's write: %v", err)
+	}
+}
+
+// TestConfigDiskIdentityForEveryStrategy: an image whose initramfs applies
+// config disks gets its identity as a read-only second disk under qcow2
+// too (so auto is free to pick qcow2), with the host key pinned at create.
+func TestConfigDiskIdentityForEveryStrategy(t *testing.T) {
+	e := newEnv(t)
+	e.withHost(qemuImgHost, true)
+	e.svc.cfg.ClientKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcNk0vF2bD6u4fMvY8vKzE5h7gYw0TQy3m3C7gk6u6d test"
+	def, err := e.st.ResolveImage(context.Background(), DefaultImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := *def
+	built.ID, built.Name = "b0b0b0b0b0b0", "built"
+	built.Manifest = []byte(`{"format_version":1,"initramfs_features":["config-disk"]}`)
+	if err := e.st.InsertImage(context.Background(), &built); err != nil {
+		t.Fatal(err)
+	}
+	// What identity.ReadImage finds in a banger image (the fake root has no
+	// files for debugfs to read).
+	e.svc.disk.facts.Store(built.ID, identity.ImageFacts{User: "banger", UID: 1000, GID: 1000, Home: "/home/banger"})
+	var launched vmm.Spec
+	e.fake.OnLaunch = func(_ context.Context, s vmm.Spec) error { launched = s; return nil }
+	v, err := e.svc.CreateVM(context.Background(), api.CreateVMRequest{Name: "web", Image: "built", VCPUs: 1, MemoryMiB: 128, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.DiskStrategy != "qcow2" {
+		t.Fatalf("auto chose %q (%q): a config-disk image needs no raw disk", v.DiskStrategy, v.DiskReason)
+	}
+	cfg := filepath.Join(v.VMDir, "config.disk")
+	fi, err := os.Stat(cfg)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("config disk: %v %v, want mode 0600 (it holds host keys)", fi, err)
+	}
+	b, _ := os.ReadFile(cfg)
+	if !strings.HasPrefix(string(b), identity.ConfigDiskMagic) {
+		t.Fatal("config disk lacks its magic")
+	}
+	if v.HostKey == "" {
+		t.Fatal("no host key pinned at create")
+	}
+	if pins, _ := os.ReadFile(e.layout.KnownHosts()); !strings.Contains(string(pins), strings.Fields(v.HostKey)[1]) {
+		t.Fatal("the host key is not in banger's known_hosts")
+	}
+	if launched.ConfigDisk != cfg || launched.RootDiskFormat != "qcow2" {
+		t.Fatalf("the vmm was given config disk %q (root %s)", launched.ConfigDisk, launched.RootDiskFormat)
 	}
 }

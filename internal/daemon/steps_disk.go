@@ -31,6 +31,8 @@ type diskState struct {
 	// rawIdentity caches, per image id, whether banger writes the image's
 	// identity with debugfs (raw disks only): images are immutable.
 	rawIdentity sync.Map
+	// facts caches, per image id, identity.ImageFacts (configdisk.go).
+	facts sync.Map
 }
 
 // diskHost probes the host's storage on first use (at daemon start) and
@@ -99,7 +101,7 @@ func (s *Service) backendOf(v *model.VM) (storage.Backend, error) {
 // debugfs onto a raw disk at create: then auto keeps to raw strategies
 // (reflink, sparse-copy) so host keys stay pinned before the first boot.
 func (s *Service) identityNeedsRaw(ctx context.Context, img *model.Image) bool {
-	if s.cfg.ClientKey == "" {
+	if s.cfg.ClientKey == "" || appliesConfigDisk(img) {
 		return false
 	}
 	if ok, found := s.disk.rawIdentity.Load(img.ID); found {

@@ -237,7 +237,7 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 	return vmm.Spec{
 		ID: v.ID, Name: v.Name, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-		RootDisk: s.diskPath(v), RootDiskFormat: diskFormat(v),
+		RootDisk: s.diskPath(v), RootDiskFormat: diskFormat(v), ConfigDisk: s.configDiskFor(v),
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
 	}

@@ -51,6 +51,9 @@ type Spec struct {
 	// RootDiskFormat is how RootDisk is read: "raw" (empty means raw) or
 	// "qcow2", on drivers whose Features.QCOW2 says so.
 	RootDiskFormat string `json:",omitempty"`
+	// ConfigDisk, if set, is the VM's config disk (its identity, for the
+	// image's initramfs): a raw file attached read-only after the root.
+	ConfigDisk string `json:",omitempty"`
 }
 
 // Process identifies a running VMM process across daemon restarts.

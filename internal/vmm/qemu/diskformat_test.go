@@ -32,3 +32,19 @@ func TestRootDiskFormat(t *testing.T) {
 		t.Fatalf("vmdk: %v, want invalid argument", err)
 	}
 }
+
+// TestConfigDiskDrive: the config disk is a second drive after the root
+// (which stays vda), read-only, with banger's serial.
+func TestConfigDiskDrive(t *testing.T) {
+	spec := vmm.Spec{VCPUs: 1, MemoryMiB: 256, Kernel: "k", RootDisk: "/vms/a/rootfs.qcow2", RootDiskFormat: "qcow2", ConfigDisk: "/vms/a/config.disk", ControlSocket: "s", LogPath: "l"}
+	args := strings.Join(qemu.New().Args(spec, "tcg", false), " ")
+	root := strings.Index(args, "-device virtio-blk-pci,drive=root")
+	cfg := strings.Index(args, "-drive file=/vms/a/config.disk,if=none,id=cfg,format=raw,readonly=on -device virtio-blk-pci,drive=cfg,serial=banger-config")
+	if root < 0 || cfg < root {
+		t.Fatalf("args %s: want the read-only config drive after the root", args)
+	}
+	spec.ConfigDisk = ""
+	if args := strings.Join(qemu.New().Args(spec, "tcg", false), " "); strings.Contains(args, "id=cfg") {
+		t.Fatalf("a config drive without a config disk: %s", args)
+	}
+}

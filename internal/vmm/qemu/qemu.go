@@ -125,6 +125,12 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
 	}
+	if spec.ConfigDisk != "" {
+		// After the root, so the root stays vda; read-only to the guest.
+		args = append(args,
+			"-drive", "file="+spec.ConfigDisk+",if=none,id=cfg,format=raw,readonly=on",
+			"-device", "virtio-blk-pci,drive=cfg,serial=banger-config")
+	}
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
 	}
@@ -155,7 +161,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if !info.Available {
 		return vmm.Process{}, errdefs.FailedPrecondition("qemu: %s", info.Reason)
 	}
-	for _, p := range []string{spec.Kernel, spec.Initrd, spec.RootDisk} {
+	for _, p := range []string{spec.Kernel, spec.Initrd, spec.RootDisk, spec.ConfigDisk} {
 		if p == "" {
 			continue
 		}
