@@ -34,6 +34,11 @@ type VM struct {
 	LastOperation *Operation `json:"last_operation,omitempty"`
 	// Unsupported lists driver features this VM does not have, with why.
 	Unsupported map[string]string `json:"unsupported,omitempty"`
+
+	// Root disk strategy (issue 11): qcow2, reflink, dm-snapshot or
+	// sparse-copy, and why it was chosen (the reason on show only).
+	DiskStrategy string `json:"disk_strategy,omitempty"`
+	DiskReason   string `json:"disk_reason,omitempty"`
 }
 
 // Runtime is what exists while a VM runs.
@@ -59,6 +64,9 @@ type CreateVMRequest struct {
 	// Publish maps host ports to guest ports while the VM runs:
 	// "HOSTPORT:GUESTPORT[/tcp|/udp]".
 	Publish []string `json:"publish,omitempty"`
+	// DiskStrategy is the root disk strategy: auto (empty: the daemon's
+	// default), qcow2, reflink, dm-snapshot or sparse-copy.
+	DiskStrategy string `json:"disk_strategy,omitempty"`
 }
 
 // SSHTarget is how a client on the daemon's host reaches a VM over SSH

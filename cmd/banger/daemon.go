@@ -40,6 +40,7 @@ type daemonOptions struct {
 	socketGroup     string
 	guestCIDR       string
 	defaultVMM      string
+	diskStrategy    string
 	gracefulTimeout time.Duration
 	configPath      string
 	logCap          string // the daemon's own --log-file
@@ -80,6 +81,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.bridge, "bridge", network.DefaultBridge, "the guests' bridge")
 	f.StringSliceVar(&o.guestDNS, "guest-dns", nil, "DNS servers for guests (default: this host's non-loopback resolvers, else 1.1.1.1)")
 	f.StringVar(&o.defaultVMM, "default-vmm", daemon.AutoVMM, "VMM for VMs created without --vmm: auto, firecracker or qemu")
+	f.StringVar(&o.diskStrategy, "disk-strategy", "auto", "root disk strategy for VMs created without --disk-strategy: auto, qcow2, reflink, dm-snapshot or sparse-copy")
 	f.DurationVar(&o.gracefulTimeout, "graceful-timeout", daemon.DefaultGracefulTimeout, "how long a stop waits for the guest to power off")
 	return cmd
 }
@@ -151,6 +153,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		Layout:          l,
 		Drivers:         newDrivers(l),
 		DefaultVMM:      o.defaultVMM,
+		DiskStrategy:    o.diskStrategy,
 		GuestCIDR:       o.guestCIDR,
 		GracefulTimeout: o.gracefulTimeout,
 		Logger:          log,

@@ -80,3 +80,19 @@ func TestDaemonMissingExplicitConfig(t *testing.T) {
 		t.Fatal("a missing --config file was accepted")
 	}
 }
+
+// TestDaemonDiskStrategyKey: disk-strategy is a config key like its flag.
+func TestDaemonDiskStrategyKey(t *testing.T) {
+	t.Setenv(layout.EnvStateDir, "")
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte("disk-strategy = \"sparse-copy\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd, _, err := daemonFlags(t, "--config", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := cmd.Flags().GetString("disk-strategy"); v != "sparse-copy" {
+		t.Fatalf("disk-strategy %q, want the file's sparse-copy", v)
+	}
+}

@@ -48,6 +48,9 @@ func renderDoctor(w io.Writer, format string, r doctor.Report) error {
 	}
 	if r.CanRunVMs {
 		fmt.Fprintf(w, "\nVMs will run with %s (%s).\n", r.AutoVMM, r.AutoReason)
+		if r.AutoDisk != "" {
+			fmt.Fprintf(w, "Their root disks will be %s (%s).\n", r.AutoDisk, r.AutoDiskReason)
+		}
 	} else {
 		fmt.Fprintln(w, "\nNo VMM can run VMs on this host.")
 	}

@@ -94,6 +94,13 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	row("vCPUs", strconv.Itoa(v.VCPUs))
 	row("Memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
 	row("Disk", bytesIEC(v.DiskBytes))
+	if v.DiskStrategy != "" {
+		strategy := v.DiskStrategy
+		if v.DiskReason != "" {
+			strategy += " (" + v.DiskReason + ")"
+		}
+		row("Disk strategy", strategy)
+	}
 	row("Guest IP", dash(v.GuestIP))
 	if v.Runtime.PID != 0 {
 		row("PID", strconv.Itoa(v.Runtime.PID))

@@ -67,6 +67,8 @@ func addCreateFlags(g *globals, cmd *cobra.Command, req *api.CreateVMRequest, me
 	}
 	f.StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu (default: the daemon's, auto)")
 	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port while the VM runs: HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
+	f.StringVar(&req.DiskStrategy, "disk-strategy", "", "root disk strategy: auto, qcow2, reflink, dm-snapshot or sparse-copy (default: the daemon's)")
+	_ = cmd.RegisterFlagCompletionFunc("disk-strategy", cobra.FixedCompletions([]cobra.Completion{"auto", "qcow2", "reflink", "dm-snapshot", "sparse-copy"}, cobra.ShellCompDirectiveNoFileComp))
 }
 
 // applyCreateFlags checks and converts what addCreateFlags declared.

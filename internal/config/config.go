@@ -4,6 +4,7 @@
 //
 //	state-dir = "/var/lib/banger"
 //	default-vmm = "qemu"
+//	disk-strategy = "auto"
 //	graceful-timeout = "30s"
 //	guest-dns = ["1.1.1.1", "9.9.9.9"]
 //	no-network = false

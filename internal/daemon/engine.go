@@ -33,6 +33,8 @@ type Step struct {
 	// keeps after the run (a tap, the VMM process, firewall rules...):
 	// teardown releases it.
 	Release *Release
+	// Detail, if set, is journalled with the step's success (what it chose).
+	Detail func() string
 }
 
 // Release gives back a resource a start step acquired. It works from the
@@ -102,7 +104,11 @@ func RunSteps(ctx context.Context, steps []Step, obs StepObserver) error {
 			obs.Stage(st.Name, StatusFailed, err.Error())
 			return undo(ctx, steps[:i], obs, &StepError{Step: st.Name, Err: err})
 		}
-		obs.Stage(st.Name, StatusDone, "")
+		detail := ""
+		if st.Detail != nil {
+			detail = st.Detail()
+		}
+		obs.Stage(st.Name, StatusDone, detail)
 	}
 	return nil
 }

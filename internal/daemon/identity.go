@@ -23,10 +23,29 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		op.Note(stage, "no managed ssh key configured: identity not written")
 		return nil
 	}
-	disk := s.layout.VM(v.ID).RootDisk()
-	if ok, why := identity.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
-		op.Note(stage, "not written ("+why+"): ssh will trust the guest's host key on first use")
+	img, err := s.store.ResolveImage(ctx, v.ImageID)
+	if err != nil {
+		return fmt.Errorf("image of vm %q: %w", v.Name, err)
+	}
+	// Banger's images apply a config disk at boot (every strategy); the
+	// others take debugfs writes on a raw disk only.
+	var facts identity.ImageFacts
+	viaConfigDisk := appliesConfigDisk(img)
+	disk := s.diskPath(v)
+	switch {
+	case viaConfigDisk:
+		if facts, err = s.imageFacts(ctx, img); err != nil {
+			op.Note(stage, "not written ("+err.Error()+"): ssh will trust the guest's host key on first use")
+			return nil
+		}
+	case !rawAtCreate(diskKind(v)):
+		op.Note(stage, "not written (the image's initramfs applies no config disk, and a "+v.DiskStrategy+" disk is no raw file debugfs can write at create): ssh will trust the guest's host key on first use")
 		return nil
+	default:
+		if ok, why := identity.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
+			op.Note(stage, "not written ("+why+"): ssh will trust the guest's host key on first use")
+			return nil
+		}
 	}
 	ip, err := netip.ParseAddr(v.GuestIP)
 	if err != nil {
@@ -49,7 +68,13 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		Address: netip.PrefixFrom(ip, s.pool.Prefix().Bits()), Gateway: s.pool.Gateway(), DNS: s.cfg.GuestDNS,
 		User: s.cfg.GuestUser, AuthorizedKey: s.cfg.ClientKey, HostKeys: keys,
 	}
-	if err := identity.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id); err != nil {
+	how := "config disk"
+	if viaConfigDisk {
+		err = identity.WriteConfigDisk(s.configDiskPath(v), id, facts)
+	} else {
+		how, err = "debugfs", identity.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id)
+	}
+	if err != nil {
 		return err
 	}
 	pubs := keys.PublicKeys()
@@ -58,6 +83,6 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 	}
 	v.HostKey = string(ssh.MarshalAuthorizedKey(pubs[0]))
 	v.HostKey = v.HostKey[:len(v.HostKey)-1] // no newline
-	op.log.Info("identity written", "detail", fmt.Sprintf("hostname %s, %s via %s, host key %s pinned", v.Name, id.Address, id.Gateway, ssh.FingerprintSHA256(pubs[0])))
+	op.log.Info("identity written", "by", how, "detail", fmt.Sprintf("hostname %s, %s via %s, host key %s pinned", v.Name, id.Address, id.Gateway, ssh.FingerprintSHA256(pubs[0])))
 	return nil
 }

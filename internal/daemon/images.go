@@ -10,6 +10,7 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/storage"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
 )
@@ -66,7 +67,7 @@ func (s *Service) ImportImage(ctx context.Context, req api.ImportImageRequest) (
 				return fmt.Errorf("copy initrd: %w", err)
 			}
 		}
-		if err := s.cfg.Storage.Create(ctx, req.Rootfs, in(im.RootfsPath), size); err != nil {
+		if err := importRootfs(ctx, req.Rootfs, in(im.RootfsPath), size); err != nil {
 			return fmt.Errorf("copy rootfs: %w", err)
 		}
 		return nil
@@ -94,6 +95,9 @@ func (s *Service) placeImage(ctx context.Context, im *model.Image, fill func(dir
 		return err
 	}
 	if err := fill(tmp); err != nil {
+		return fail(err)
+	}
+	if err := sealImageDir(tmp); err != nil { // images are immutable
 		return fail(err)
 	}
 	if err := os.Rename(tmp, dir.Path()); err != nil {
@@ -126,6 +130,9 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 	}
 	if err := removeAllIn(s.layout.ImagesDir(), s.layout.Image(im.ID).Path()); err != nil {
 		return fmt.Errorf("image %q deleted, but its files were not: %w", im.Name, err)
+	}
+	if err := storage.RemoveImageLayers(s.storageOptions(), im.RootfsPath); err != nil {
+		s.log.Warn("could not remove the image's grown disk layers", "image", im.Name, "error", err)
 	}
 	s.log.Info("image deleted", "image", im.Name, "image_id", im.ID)
 	return nil

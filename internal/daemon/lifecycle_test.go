@@ -47,7 +47,7 @@ func TestStartRunsStepsAndIsIdempotent(t *testing.T) {
 		t.Fatalf("vsock not derived: %+v", v.Runtime)
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:done", "vm.record-running:done"}
+	want := []string{"image.check:done", "disk.attach:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:done", "vm.record-running:done"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v, want %v", stages, want)
 	}
@@ -95,7 +95,7 @@ func TestStartFailureUndoesAndRecordsError(t *testing.T) {
 		t.Fatal("control socket left behind")
 	}
 	_, stages := e.lastOp("web")
-	want := []string{"image.check:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:failed", "vmm.launch:undone", "cleanup_stale_runtime:undone"}
+	want := []string{"image.check:done", "disk.attach:done", "cleanup_stale_runtime:done", "vmm.launch:done", "vmm.boot:failed", "vmm.launch:undone", "cleanup_stale_runtime:undone", "disk.attach:undone"}
 	if !slices.Equal(stages, want) {
 		t.Fatalf("stages %v\nwant %v", stages, want)
 	}

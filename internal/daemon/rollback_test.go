@@ -24,14 +24,14 @@ func TestStartFailureAtEachRealStep(t *testing.T) {
 		inject func(e *env, fn *fakeNet)
 		undone []string
 	}{
-		{"network.tap", func(e *env, fn *fakeNet) { fn.failCreateTap = boom }, nil},
-		{"cleanup_stale_runtime", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.tap:undone"}},
+		{"network.tap", func(e *env, fn *fakeNet) { fn.failCreateTap = boom }, []string{"disk.attach:undone"}},
+		{"cleanup_stale_runtime", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.tap:undone", "disk.attach:undone"}},
 		{"vmm.launch", func(e *env, fn *fakeNet) { e.fake.OnLaunch = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"cleanup_stale_runtime:undone", "network.tap:undone"}},
+			[]string{"cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
 		{"vmm.boot", func(e *env, fn *fakeNet) { e.fake.OnBoot = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
 		{"cap.publish", func(e *env, fn *fakeNet) { fn.failPublish = boom },
-			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
 	}
 	for _, c := range cases {
 		t.Run(c.step, func(t *testing.T) {

@@ -126,24 +126,28 @@ func TestRestartStopHalfFinishesWhenTheRequestIsCancelled(t *testing.T) {
 	}
 }
 
-// countingStorage is the real sparse copy, counting removals.
+// countingStorage is a real backend, counting removals.
 type countingStorage struct {
-	storage.SparseCopy
-	mu      sync.Mutex
-	removed []string
+	storage.Backend
+	mu      *sync.Mutex
+	removed *[]string
 }
 
-func (c *countingStorage) Remove(ctx context.Context, dst string) error {
+func (c countingStorage) Remove(ctx context.Context, d storage.Disk) error {
 	c.mu.Lock()
-	c.removed = append(c.removed, dst)
+	*c.removed = append(*c.removed, d.Path)
 	c.mu.Unlock()
-	return c.SparseCopy.Remove(ctx, dst)
+	return c.Backend.Remove(ctx, d)
 }
 
 func TestDeleteRemovesTheDiskAndFinishesWhenCancelled(t *testing.T) {
 	e := newEnv(t)
-	cs := &countingStorage{}
-	e.svc.cfg.Storage = cs
+	var mu sync.Mutex
+	var removed []string
+	e.svc.cfg.DiskBackend = func(k storage.Kind, o storage.Options) (storage.Backend, error) {
+		b, err := storage.New(k, o)
+		return countingStorage{Backend: b, mu: &mu, removed: &removed}, err
+	}
 	v := e.started("web")
 	ctx, cancel := context.WithCancel(context.Background())
 	real := e.svc.signal
@@ -154,8 +158,8 @@ func TestDeleteRemovesTheDiskAndFinishesWhenCancelled(t *testing.T) {
 	if err := e.svc.DeleteVM(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(cs.removed, []string{e.layout.VM(v.ID).RootDisk()}) {
-		t.Fatalf("storage removals %v: the delete must hand the disk back to its strategy", cs.removed)
+	if !slices.Equal(removed, []string{e.svc.diskPath(v)}) {
+		t.Fatalf("storage removals %v: the delete must hand the disk back to its strategy", removed)
 	}
 	if _, err := e.st.GetVM(context.Background(), v.ID); err == nil || exists(v.VMDir) {
 		t.Fatal("a cancelled delete left the record or the dir")
@@ -280,7 +284,7 @@ func TestTeardownIsDerivedFromTheStartSteps(t *testing.T) {
 			want = append(want, cmp.Or(r.Stage, start[i].Name))
 		}
 	}
-	if !slices.Equal(want, []string{"cap.publish", StageKillRunningVM, StageVMMCleanup, StepNetworkTap}) {
+	if !slices.Equal(want, []string{"cap.publish", StageKillRunningVM, StageVMMCleanup, StepNetworkTap, StepDiskAttach}) {
 		t.Fatalf("releases %v", want)
 	}
 	if _, err := e.svc.KillVM(context.Background(), "web", "KILL"); err != nil {
@@ -293,7 +297,8 @@ func TestTeardownIsDerivedFromTheStartSteps(t *testing.T) {
 			got = append(got, n)
 		}
 	}
-	// The VMM is gone after SIGKILL: its release is not held.
+	// The VMM is gone after SIGKILL: its release is not held; nor is the
+	// disk's, which holds a device only under dm-snapshot.
 	if !slices.Equal(got, []string{"cap.publish", StageVMMCleanup, StepNetworkTap}) {
 		t.Fatalf("teardown stages %v", stages)
 	}

@@ -44,10 +44,14 @@ const (
 
 // Config is what the daemon is wired with.
 type Config struct {
-	Layout          layout.Layout
-	Drivers         vmm.Registry
-	DefaultVMM      string
-	Storage         storage.Strategy
+	Layout     layout.Layout
+	Drivers    vmm.Registry
+	DefaultVMM string
+	// DiskStrategy is the root disk strategy of VMs created without one:
+	// auto (empty), qcow2, reflink, dm-snapshot or sparse-copy.
+	DiskStrategy string
+	// DiskBackend makes a strategy's backend; nil: storage.New.
+	DiskBackend     func(storage.Kind, storage.Options) (storage.Backend, error)
 	GuestCIDR       string
 	GracefulTimeout time.Duration
 	KillTimeout     time.Duration
@@ -84,6 +88,8 @@ type Service struct {
 	buildMu sync.Mutex
 	// signal sends signals to VMM processes; tests replace it.
 	signal func(pid int, startTime uint64, sig syscall.Signal) error
+	// disk: the host's storage, probed once (steps_disk.go).
+	disk diskState
 }
 
 // New wires a service onto an open store. It does not touch VMs: call
@@ -95,8 +101,9 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	if cfg.KillTimeout <= 0 {
 		cfg.KillTimeout = DefaultKillTimeout
 	}
-	if cfg.Storage == nil {
-		cfg.Storage = storage.SparseCopy{}
+	var err error
+	if cfg.DiskStrategy, err = checkDiskStrategy(cfg.DiskStrategy); err != nil {
+		return nil, err
 	}
 	if cfg.GuestCIDR == "" {
 		cfg.GuestCIDR = network.DefaultCIDR

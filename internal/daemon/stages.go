@@ -16,6 +16,7 @@ const (
 // "cap.<name>" steps before StepRecordRunning.
 const (
 	StepImageCheck          = "image.check"
+	StepDiskAttach          = "disk.attach"
 	StepCleanupStaleRuntime = "cleanup_stale_runtime"
 	StepNetworkTap          = "network.tap"
 	StepVMMLaunch           = "vmm.launch"

@@ -22,6 +22,11 @@ func (s *Service) Startup(ctx context.Context) error {
 		}
 	}
 	s.removeTemporaries()
+	s.sealImages(ctx)
+	s.log.Info("disk strategies", "host", s.diskHost(ctx), "default", s.cfg.DiskStrategy)
+	if err := s.removeDiskOrphans(ctx); err != nil {
+		s.log.Warn("could not remove storage objects no vm owns", "error", err)
+	}
 	if err := s.Reconcile(ctx); err != nil {
 		s.log.Warn("reconcile left errors", "error", err)
 	}

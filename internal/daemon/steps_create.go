@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -46,17 +45,9 @@ func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 		// The driver's checks need the VM's derived names and address.
 		{Name: StepVMMValidate, Do: func(ctx context.Context) error { return s.validateForDriver(ctx, v, cc.img) }},
 		{Name: StepDiskCreate,
-			Do: func(ctx context.Context) error {
-				if err := os.MkdirAll(v.VMDir, 0o700); err != nil {
-					return fmt.Errorf("make vm dir: %w", err)
-				}
-				err := s.cfg.Storage.Create(ctx, cc.img.RootfsPath, s.layout.VM(v.ID).RootDisk(), v.DiskBytes)
-				if err != nil { // a failed step leaves nothing: no undo will run for it
-					return errors.Join(err, removeAllIn(s.layout.VMsDir(), v.VMDir))
-				}
-				return nil
-			},
-			Undo: func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
+			Do:     func(ctx context.Context) error { return s.createDisk(ctx, v, cc.img) },
+			Detail: func() string { return diskCreateDetail(v) },
+			Undo:   func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
 		{Name: StepGuestIdentity,
 			Do:   func(ctx context.Context) error { return s.applyIdentity(ctx, v, op) },
 			Undo: func(context.Context) error { return identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name) }},
@@ -131,8 +122,13 @@ func (s *Service) newVM(ctx context.Context, req api.CreateVMRequest) (*model.VM
 	if err != nil {
 		return nil, nil, err
 	}
+	diskKind, diskReason, err := s.chooseDisk(ctx, req.DiskStrategy, kind, img, disk)
+	if err != nil {
+		return nil, nil, err
+	}
 	v := &model.VM{ID: system.NewID(), Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
-		DiskBytes: disk, VMM: kind, VMMReason: reason, Ports: ports, State: model.StateCreating}
+		DiskBytes: disk, VMM: kind, VMMReason: reason, Ports: ports, State: model.StateCreating,
+		DiskStrategy: string(diskKind), DiskReason: diskReason}
 	dir := s.layout.VM(v.ID)
 	v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 	return v, img, nil

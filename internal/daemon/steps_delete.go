@@ -22,7 +22,7 @@ func (s *Service) buildDeleteSteps(op *operation, v *model.VM) []Step {
 			return s.teardown(ctx, v, op, "")
 		}},
 		{Name: StepDiskRemove, Do: func(ctx context.Context) error {
-			return s.cfg.Storage.Remove(ctx, s.layout.VM(v.ID).RootDisk())
+			return s.removeDisk(ctx, v)
 		}},
 		{Name: StepDeleteStoreRecord, Do: func(ctx context.Context) error { return s.store.DeleteVM(ctx, v.ID) }},
 		{Name: StepDeleteVMDir, Do: func(context.Context) error {

@@ -36,6 +36,7 @@ type startCtx struct {
 func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 	steps := []Step{
 		{Name: StepImageCheck, Do: func(context.Context) error { return checkBootFiles(sc.spec) }},
+		s.diskAttachStep(sc),
 	}
 	if s.cfg.Network != nil && sc.spec.Tap != "" {
 		steps = append(steps, Step{Name: StepNetworkTap,
@@ -120,7 +121,7 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	// moment the VMM process exists, before the driver waits on it.
 	v.State, v.LastError = model.StateStarting, ""
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
-		Tap: sc.spec.Tap, DMName: layout.DMName(v.Short())}
+		Tap: sc.spec.Tap, DMName: dmNameFor(v)}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
@@ -236,7 +237,7 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 	return vmm.Spec{
 		ID: v.ID, Name: v.Name, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-		RootDisk:      s.layout.VM(v.ID).RootDisk(),
+		RootDisk: s.diskPath(v), RootDiskFormat: diskFormat(v), ConfigDisk: s.configDiskFor(v),
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
 	}

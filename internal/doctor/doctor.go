@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/storage"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -45,6 +46,13 @@ type Report struct {
 	AutoReason string `json:"auto_reason"`
 	// CanRunVMs is false when no driver can run a VM here.
 	CanRunVMs bool `json:"can_run_vms"`
+
+	// Root disk strategies (issue 11) offered to the auto VMM's VMs, and
+	// the one auto picks (for an image banger cannot personalise other
+	// than on a raw disk, auto keeps to reflink or sparse-copy).
+	Disks          []storage.Offer `json:"disks,omitempty"`
+	AutoDisk       string          `json:"auto_disk,omitempty"`
+	AutoDiskReason string          `json:"auto_disk_reason,omitempty"`
 }
 
 // Options say where to look.
@@ -129,6 +137,9 @@ func Run(ctx context.Context, o Options) Report {
 	} else {
 		r.AutoVMM, r.AutoReason, r.CanRunVMs = info.Kind, reason, true
 		add(Check{Name: "auto vmm", Status: OK, Detail: info.Kind + ": " + reason})
+		checks, offers, kind, why := diskChecks(ctx, o.Layout.VMsDir(), info)
+		r.Checks = append(r.Checks, checks...)
+		r.Disks, r.AutoDisk, r.AutoDiskReason = offers, string(kind), why
 	}
 	return r
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/banger-vm/banger/internal/vmm"
 	"github.com/banger-vm/banger/internal/vmm/firecracker"
 	"github.com/banger-vm/banger/internal/vmm/qemu"
+	"github.com/banger-vm/banger/internal/vmm/vmmtest"
 )
 
 func find(r Report, name string) Check {
@@ -212,5 +213,26 @@ func TestOldFirecracker(t *testing.T) {
 	c := find(r, "vmm firecracker")
 	if c.Status != Warn || !strings.Contains(c.Detail, "v1.7.0, older than v1.8") || !strings.Contains(c.Detail, "hint:") {
 		t.Errorf("old firecracker: %+v", c)
+	}
+}
+
+// TestDiskStrategies: doctor lists every strategy for the auto VMM, says
+// why one is not offered, and which auto picks.
+func TestDiskStrategies(t *testing.T) {
+	raw := vmmtest.New() // a driver that opens raw disks only, as Firecracker
+	raw.Info.Kind = vmm.KindQEMU
+	r := Run(context.Background(), Options{Layout: layout.Layout{StateDir: t.TempDir(), RuntimeDir: t.TempDir()}, Drivers: vmm.Registry{vmm.KindQEMU: raw}})
+	got := map[string]Check{}
+	for _, c := range r.Checks {
+		got[c.Name] = c
+	}
+	if c := got["disk sparse-copy"]; c.Status != OK {
+		t.Fatalf("sparse-copy: %+v", c)
+	}
+	if c := got["disk qcow2"]; c.Status != Warn || !strings.Contains(c.Detail, "cannot open a qcow2 disk") {
+		t.Fatalf("qcow2 for a raw-only driver: %+v", c)
+	}
+	if len(r.Disks) != 4 || r.AutoDisk == "" || r.AutoDisk == "qcow2" {
+		t.Fatalf("disks %+v, auto %q", r.Disks, r.AutoDisk)
 	}
 }

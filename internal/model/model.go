@@ -38,6 +38,11 @@ type VM struct {
 	Runtime   Runtime
 	CreatedAt time.Time
 	UpdatedAt time.Time
+
+	// Root disk strategy (issue 11): the storage kind of the VM's disk
+	// ("qcow2", "reflink", "dm-snapshot", "sparse-copy") and why it was chosen.
+	DiskStrategy string
+	DiskReason   string
 }
 
 // PortMapping publishes a guest port on the host.

@@ -111,6 +111,7 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 		vm := toVM(v)
 		vm.Image = names[v.ImageID]
 		vm.VMMReason = "" // the same sentence for most VMs: on show only
+		vm.DiskReason = ""
 		out = append(out, vm)
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -227,7 +228,8 @@ func toVM(v *model.VM) api.VM {
 		DiskBytes: v.DiskBytes, VMM: v.VMM, VMMReason: v.VMMReason, State: string(v.State), GuestIP: v.GuestIP, VMDir: v.VMDir,
 		LogPath: v.LogPath, LastError: v.LastError, HostKey: v.HostKey, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 		Runtime: api.Runtime{PID: v.Runtime.PID, ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath,
-			VsockCID: v.Runtime.VsockCID, Tap: v.Runtime.Tap, Accel: v.Runtime.Accel, StartedAt: v.Runtime.StartedAt}}
+			VsockCID: v.Runtime.VsockCID, Tap: v.Runtime.Tap, Accel: v.Runtime.Accel, StartedAt: v.Runtime.StartedAt},
+		DiskStrategy: v.DiskStrategy, DiskReason: v.DiskReason}
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
 	}

@@ -39,7 +39,7 @@ func TestOpensADatabaseOfThePreviousSchema(t *testing.T) {
 	}
 	defer st.Close()
 	v, err := st.GetVM(ctx, "vm1")
-	if err != nil || v.Name != "web" || v.State != model.StateRunning || v.Runtime.PID != 42 {
+	if err != nil || v.Name != "web" || v.State != model.StateRunning || v.Runtime.PID != 42 || v.DiskStrategy != "sparse-copy" || v.DiskReason == "" {
 		t.Fatalf("vm after migration: %+v %v", v, err)
 	}
 	if name, err := st.ImageName(ctx, "img1"); err != nil || name != "default" {

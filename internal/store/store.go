@@ -114,6 +114,10 @@ var migrations = []string{
 	// reads only the VMs in a live state.
 	`CREATE INDEX vms_image ON vms(image_id);
 	CREATE INDEX vms_state ON vms(state);`,
+	// Root disk strategy (issue 11): VMs made before it have a sparse copy
+	// of their image (rootfs.ext4, raw).
+	`ALTER TABLE vms ADD COLUMN disk_strategy TEXT NOT NULL DEFAULT 'sparse-copy';
+	ALTER TABLE vms ADD COLUMN disk_reason TEXT NOT NULL DEFAULT 'made before banger chose a strategy per vm: a sparse copy of the image';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

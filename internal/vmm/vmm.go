@@ -47,6 +47,13 @@ type Spec struct {
 	// so a daemon crash during a slow launch never leaves an unrecorded
 	// VMM. An error makes Launch end the process and fail.
 	OnSpawn func(Process) error `json:"-"`
+
+	// RootDiskFormat is how RootDisk is read: "raw" (empty means raw) or
+	// "qcow2", on drivers whose Features.QCOW2 says so.
+	RootDiskFormat string `json:",omitempty"`
+	// ConfigDisk, if set, is the VM's config disk (its identity, for the
+	// image's initramfs): a raw file attached read-only after the root.
+	ConfigDisk string `json:",omitempty"`
 }
 
 // Process identifies a running VMM process across daemon restarts.
@@ -60,6 +67,8 @@ type Features struct {
 	Vsock bool `json:"vsock"`
 	// KernelELF: the driver boots only an uncompressed ELF vmlinux.
 	KernelELF bool `json:"kernel_elf"`
+	// QCOW2: the driver opens a qcow2 root disk (Spec.RootDiskFormat).
+	QCOW2 bool `json:"qcow2"`
 }
 
 // Info describes a driver on this host.

@@ -27,7 +27,7 @@ func BenchmarkStartToSSH(b *testing.B) {
 	requireE2E(b)
 	d := startDaemon(b)
 	d.buildDefaultImage()
-	d.must("vm", "create", "bench", "--cpus", "2", "--memory", "1G", "--vmm", "qemu")
+	d.must("vm", "create", "bench", "--cpus", "2", "--memory", "1G", "--vmm", "qemu", "--disk-strategy", "sparse-copy")
 	d.must("vm", "start", "--wait", "bench") // the first boot, not measured
 	v := d.show("bench")
 	d.must("vm", "stop", "bench")

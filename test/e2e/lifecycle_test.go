@@ -37,7 +37,7 @@ func TestLifecycle(t *testing.T) {
 	if v.State != "stopped" {
 		t.Fatalf("created vm is %s", v.State)
 	}
-	disk := filepath.Join(v.VMDir, "rootfs.ext4")
+	disk := filepath.Join(v.VMDir, diskFile(v))
 
 	// start: the guest boots and prints its marker.
 	d.must("vm", "start", "life")

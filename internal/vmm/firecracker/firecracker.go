@@ -43,8 +43,9 @@ const BootArgs = "console=ttyS0 reboot=k pci=off"
 
 // Device ids banger uses in API paths.
 const (
-	rootDriveID = "rootfs"
-	netIfaceID  = "eth0"
+	rootDriveID   = "rootfs"
+	configDriveID = "config"
+	netIfaceID    = "eth0"
 )
 
 // Config configures the driver. Zero fields take the defaults.
@@ -276,6 +277,8 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 		return errdefs.InvalidArgument("memory %d MiB is too small for a Linux guest (hint: %d MiB or more)", spec.MemoryMiB, MinMemoryMiB)
 	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
+	case spec.RootDiskFormat != "" && spec.RootDiskFormat != "raw":
+		return errdefs.InvalidArgument("root disk format %q: Firecracker opens raw files and block devices only (hint: --disk-strategy reflink, dm-snapshot or sparse-copy)", spec.RootDiskFormat)
 	}
 	if err := checkInstanceID(spec.ID); err != nil {
 		return err
@@ -448,13 +451,17 @@ func (d *Driver) checkJailConfig() error {
 // unjailed, paths inside the jail when jailed.
 type vmPaths struct {
 	apiSock, vsock, kernel, initrd, rootfs string
+	config                                 string // the config disk; empty: none
 }
 
 func pathsFor(spec vmm.Spec, j *jail) vmPaths {
 	if j == nil {
-		return vmPaths{apiSock: spec.ControlSocket, vsock: spec.VsockPath, kernel: spec.Kernel, initrd: spec.Initrd, rootfs: spec.RootDisk}
+		return vmPaths{apiSock: spec.ControlSocket, vsock: spec.VsockPath, kernel: spec.Kernel, initrd: spec.Initrd, rootfs: spec.RootDisk, config: spec.ConfigDisk}
 	}
 	p := vmPaths{apiSock: jailAPISock, vsock: jailVsock, kernel: jailKernel, initrd: jailInitrd, rootfs: jailRootfs}
+	if spec.ConfigDisk != "" {
+		p.config = jailConfig
+	}
 	if spec.Initrd == "" {
 		p.initrd = ""
 	}
@@ -487,6 +494,9 @@ func configSteps(spec vmm.Spec, p vmPaths) []step {
 		}},
 		{"PUT", "/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: p.rootfs, IsRootDevice: true}},
 	}
+	if p.config != "" {
+		steps = append(steps, step{"PUT", "/drives/" + configDriveID, drive{DriveID: configDriveID, PathOnHost: p.config, IsReadOnly: true}})
+	}
 	if spec.Tap != "" {
 		steps = append(steps, step{"PUT", "/network-interfaces/" + netIfaceID, networkInterface{IfaceID: netIfaceID, HostDevName: spec.Tap, GuestMAC: spec.MAC}})
 	}
@@ -518,7 +528,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if ok, why := d.kvmUsable(d.cfg.KVMDevice); !ok {
 		return vmm.Process{}, errdefs.FailedPrecondition("firecracker needs KVM: %s (hint: use the qemu driver on this host)", why)
 	}
-	for _, p := range []string{spec.Initrd, spec.RootDisk} {
+	for _, p := range []string{spec.Initrd, spec.RootDisk, spec.ConfigDisk} {
 		if p == "" {
 			continue
 		}
@@ -593,7 +603,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 // to <uds_path>_<port> inside the jail, so a host listener for them belongs
 // there (VsockListenPath).
 func (d *Driver) prepareJail(spec vmm.Spec, j *jail) error {
-	if err := j.prepare(spec.Kernel, spec.Initrd, spec.RootDisk); err != nil {
+	if err := j.prepare(spec.Kernel, spec.Initrd, spec.RootDisk, spec.ConfigDisk); err != nil {
 		return err
 	}
 	links := map[string]string{spec.ControlSocket: j.host(jailAPISock)}

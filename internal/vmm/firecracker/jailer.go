@@ -46,6 +46,7 @@ const (
 	jailKernel  = "/vmlinux"
 	jailInitrd  = "/initrd"
 	jailRootfs  = "/rootfs"
+	jailConfig  = "/config.disk"
 )
 
 // jailIDPattern is the jailer's rule for --id (jailer.md): alphanumeric
@@ -115,7 +116,7 @@ func (j jail) args(fcArgs []string) []string {
 //     below it would not be visible inside the jail, and removing the jail
 //     with a mount still in place would delete the real disk through it.
 //     A copy is not used either: the guest's writes would land in the copy.
-func (j jail) prepare(kernel, initrd, rootfs string) error {
+func (j jail) prepare(kernel, initrd, rootfs, config string) error {
 	if err := j.remove(); err != nil { // a stale jail, its disk given back
 		return fmt.Errorf("stale jail: %w", err)
 	}
@@ -132,6 +133,11 @@ func (j jail) prepare(kernel, initrd, rootfs string) error {
 	}
 	if err := j.placeDisk(rootfs, j.host(jailRootfs)); err != nil {
 		return err
+	}
+	if config != "" { // read-only to the guest: a copy the jail user owns (it is root's 0600)
+		if err := j.placeReadOnly(config, j.host(jailConfig)); err != nil {
+			return fmt.Errorf("put config disk in jail: %w", err)
+		}
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ func New() *Driver {
 func (d *Driver) Kind() string { return vmm.KindQEMU }
 
 func (d *Driver) Probe(ctx context.Context) vmm.Info {
-	info := vmm.Info{Kind: vmm.KindQEMU}
+	info := vmm.Info{Kind: vmm.KindQEMU, Features: vmm.Features{QCOW2: true}}
 	bin, err := exec.LookPath(d.Binary)
 	if err != nil {
 		info.Reason = fmt.Sprintf("%s not found (hint: apt-get install qemu-system-x86)", d.Binary)
@@ -92,6 +92,8 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 		return errdefs.InvalidArgument("memory %d MiB is too small for a Linux guest (hint: 64 MiB or more)", spec.MemoryMiB)
 	case spec.Kernel == "" || spec.RootDisk == "" || spec.ControlSocket == "" || spec.LogPath == "":
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
+	case spec.RootDiskFormat != "" && spec.RootDiskFormat != "raw" && spec.RootDiskFormat != "qcow2":
+		return errdefs.InvalidArgument("root disk format %q: qemu opens raw or qcow2", spec.RootDiskFormat)
 	}
 	return checkGenerationID(spec.GenerationID)
 }
@@ -116,10 +118,18 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 		"-serial", "chardev:console",
 		"-kernel", spec.Kernel,
 		"-append", strings.TrimSpace("console=ttyS0 " + spec.KernelArgs),
-		"-drive", "file=" + spec.RootDisk + ",if=none,id=root,format=raw,discard=unmap",
+		// A qcow2 overlay's backing file (the image) is opened read-only by
+		// QEMU and never reopened writable: banger runs no block jobs.
+		"-drive", "file=" + spec.RootDisk + ",if=none,id=root,format=" + cmp.Or(spec.RootDiskFormat, "raw") + ",discard=unmap",
 		"-device", "virtio-blk-pci,drive=root",
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
+	}
+	if spec.ConfigDisk != "" {
+		// After the root, so the root stays vda; read-only to the guest.
+		args = append(args,
+			"-drive", "file="+spec.ConfigDisk+",if=none,id=cfg,format=raw,readonly=on",
+			"-device", "virtio-blk-pci,drive=cfg,serial=banger-config")
 	}
 	if spec.Initrd != "" {
 		args = append(args, "-initrd", spec.Initrd)
@@ -151,7 +161,7 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if !info.Available {
 		return vmm.Process{}, errdefs.FailedPrecondition("qemu: %s", info.Reason)
 	}
-	for _, p := range []string{spec.Kernel, spec.Initrd, spec.RootDisk} {
+	for _, p := range []string{spec.Kernel, spec.Initrd, spec.RootDisk, spec.ConfigDisk} {
 		if p == "" {
 			continue
 		}
