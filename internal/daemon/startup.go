@@ -28,6 +28,9 @@ func (s *Service) Startup(ctx context.Context) error {
 	if err := s.removeOrphans(ctx); err != nil {
 		s.log.Warn("could not look for leftovers of deleted vms", "error", err)
 	}
+	if err := s.removeOrphanSnapshotDirs(ctx); err != nil {
+		s.log.Warn("could not remove leftovers of unfinished snapshots", "error", err)
+	}
 	if s.cfg.Network != nil {
 		vms, err := s.store.ListVMs(ctx)
 		if err != nil {
@@ -38,7 +41,7 @@ func (s *Service) Startup(ctx context.Context) error {
 			if v.Runtime.Tap != "" {
 				owned[v.Runtime.Tap] = true
 			}
-			if v.State == model.StateRunning {
+			if v.State == model.StateRunning || v.State == model.StatePaused {
 				running[v.ID] = true
 			}
 		}

@@ -114,6 +114,25 @@ var migrations = []string{
 	// reads only the VMs in a live state.
 	`CREATE INDEX vms_image ON vms(image_id);
 	CREATE INDEX vms_state ON vms(state);`,
+	// Snapshots (issue 12). No reference to vms: a snapshot outlives its VM.
+	`CREATE TABLE snapshots (
+		id         TEXT PRIMARY KEY,
+		name       TEXT NOT NULL UNIQUE,
+		vm_id      TEXT NOT NULL,
+		vm_name    TEXT NOT NULL,
+		image_id   TEXT NOT NULL REFERENCES images(id),
+		vmm        TEXT NOT NULL,
+		vcpus      INTEGER NOT NULL,
+		memory_mib INTEGER NOT NULL,
+		kernel     TEXT NOT NULL,
+		dir        TEXT NOT NULL,
+		size_bytes INTEGER NOT NULL,
+		meta       TEXT NOT NULL,
+		owner_uid  INTEGER NOT NULL DEFAULT 0,
+		created_at INTEGER NOT NULL
+	);
+	CREATE INDEX snapshots_image ON snapshots(image_id);
+	CREATE INDEX snapshots_vm ON snapshots(vm_id);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
