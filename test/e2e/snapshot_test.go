@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,25 +21,25 @@ const tickerTrigger = 12
 // tickerFile is the file the guest writes (and syncs) at tickerTrigger.
 const tickerFile = "/var/written-after-snapshot"
 
-// ticker counts in memory, printing each value on the console with
-// whether tickerFile is on the root disk: the caches are dropped first, so
-// the guest reads the disk, not what its memory remembers. It writes the
-// file once, at tickerTrigger.
+// ticker counts in memory, printing each value on the console. At
+// tickerTrigger it writes tickerFile, syncs, and freezes the filesystem for
+// an instant, which writes the journal's blocks home.
 var ticker = `#!/bin/sh
 i=0
 while :; do
 	i=$((i + 1))
-	if [ "$i" -eq ` + strconv.Itoa(tickerTrigger) + ` ]; then echo x >` + tickerFile + `; sync; fi
-	echo 3 >/proc/sys/vm/drop_caches
-	if [ -e ` + tickerFile + ` ]; then f=yes; else f=no; fi
-	echo "TICK $i FILE=$f" >/dev/console
+	if [ "$i" -eq ` + strconv.Itoa(tickerTrigger) + ` ]; then
+		echo x >` + tickerFile + `; sync
+		fsfreeze --freeze / && fsfreeze --unfreeze /
+	fi
+	echo "TICK $i" >/dev/console
 	sleep 1
 done
 `
 
 // addTicker makes the guest on the (stopped) VM's disk run ticker after
 // its boot line.
-func addTicker(t *testing.T, disk string) {
+func addTicker(t testing.TB, disk string) {
 	t.Helper()
 	dir := t.TempDir()
 	inittab := filepath.Join(dir, "inittab")
@@ -61,29 +62,45 @@ func addTicker(t *testing.T, disk string) {
 	}
 }
 
-var tickRE = regexp.MustCompile(`TICK (\d+) FILE=(yes|no)`)
-
-type tick struct {
-	n    int
-	file bool
-}
+var tickRE = regexp.MustCompile(`TICK (\d+)`)
 
 // ticks is every tick in log, in order.
-func ticks(log string) []tick {
-	var out []tick
+func ticks(log string) []int {
+	var out []int
 	for _, m := range tickRE.FindAllStringSubmatch(log, -1) {
 		n, _ := strconv.Atoi(m[1])
-		out = append(out, tick{n, m[2] == "yes"})
+		out = append(out, n)
 	}
 	return out
 }
 
-func lastTick(log string) tick {
+func lastTick(log string) int {
 	t := ticks(log)
 	if len(t) == 0 {
-		return tick{}
+		return 0
 	}
 	return t[len(t)-1]
+}
+
+// diskHas reports whether the file guest path is on the ext4 disk, as a
+// mount would see it: a copy of the disk gets its journal replayed
+// (e2fsck), then debugfs looks.
+func diskHas(t *testing.T, disk, path string) bool {
+	t.Helper()
+	cp := filepath.Join(t.TempDir(), "disk.ext4")
+	if out, err := exec.Command("cp", "--sparse=always", disk, cp).CombinedOutput(); err != nil {
+		t.Fatalf("copy disk: %v %s", err, out)
+	}
+	out, err := exec.Command("e2fsck", "-fy", cp).CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && (!errors.As(err, &ee) || ee.ExitCode() >= 4) {
+		t.Fatalf("e2fsck: %v\n%s", err, out)
+	}
+	out, err = exec.Command("debugfs", "-R", "stat "+path, cp).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs: %v\n%s", err, out)
+	}
+	return !strings.Contains(string(out), "File not found")
 }
 
 // waitTick waits until the guest has counted to n since the log held skip
@@ -93,7 +110,7 @@ func (d *daemon) waitTick(ref string, skip, n int) string {
 	deadline := time.Now().Add(bootTimeout)
 	for {
 		log := d.must("vm", "logs", ref)
-		if len(log) >= skip && lastTick(log[skip:]).n >= n {
+		if len(log) >= skip && lastTick(log[skip:]) >= n {
 			return log[skip:]
 		}
 		if time.Now().After(deadline) {
@@ -113,8 +130,8 @@ func (d *daemon) snapshots() []api.Snapshot {
 // TestPauseSnapshotRestore on a real guest: pause stops its counter and
 // resume lets it go on (also across a daemon restart, which re-adopts the
 // VM paused); a snapshot, then a file the guest writes, then a restore:
-// the file is gone from the disk and the counter goes on from the
-// snapshot's value without a boot; a VM of another shape is refused the
+// the counter goes on from the snapshot's value without a boot and the file
+// is gone from the disk; a VM of another shape is refused the
 // snapshot; a paused VM stops gracefully; a snapshot outlives its VM and
 // keeps its image; snapshot delete removes its files.
 func TestPauseSnapshotRestore(t *testing.T) {
@@ -140,9 +157,9 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	if s := d.show("snap"); s.State != "paused" {
 		t.Fatalf("after pause: %s", s.State)
 	}
-	frozen := lastTick(d.must("vm", "logs", "snap")).n
+	frozen := lastTick(d.must("vm", "logs", "snap"))
 	time.Sleep(3 * time.Second) // three ticks' worth
-	if n := lastTick(d.must("vm", "logs", "snap")).n; n != frozen {
+	if n := lastTick(d.must("vm", "logs", "snap")); n != frozen {
 		t.Fatalf("a paused guest counted from %d to %d", frozen, n)
 	}
 
@@ -153,7 +170,7 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	if s := d.show("snap"); s.State != "paused" || s.Runtime.PID != pid {
 		t.Fatalf("after a daemon restart: %s pid %d (was %d)", s.State, s.Runtime.PID, pid)
 	}
-	if n := lastTick(d.must("vm", "logs", "snap")).n; n != frozen {
+	if n := lastTick(d.must("vm", "logs", "snap")); n != frozen {
 		t.Fatalf("the guest counted from %d to %d across a daemon restart", frozen, n)
 	}
 	d.must("vm", "resume", "snap")
@@ -166,39 +183,48 @@ func TestPauseSnapshotRestore(t *testing.T) {
 		t.Fatalf("after snapshot: %s pid %d", s.State, s.Runtime.PID)
 	}
 	atSnapshot := lastTick(d.must("vm", "logs", "snap"))
-	if atSnapshot.n >= tickerTrigger || atSnapshot.file {
-		t.Fatalf("the snapshot came too late (tick %+v): the test needs it before tick %d", atSnapshot, tickerTrigger)
+	if atSnapshot >= tickerTrigger-2 {
+		t.Fatalf("the snapshot came too late (tick %d): the test needs it well before tick %d", atSnapshot, tickerTrigger)
 	}
 	if fi, err := os.Stat(sn.Dir); err != nil || fi.Mode().Perm() != 0o700 || sn.SizeBytes <= 0 {
 		t.Fatalf("snapshot dir %s: %v %v, size %d", sn.Dir, fi, err, sn.SizeBytes)
 	}
 	// The guest writes its file; the disk has it.
-	after := d.waitTick("snap", 0, tickerTrigger+1)
-	if !lastTick(after).file {
-		t.Fatalf("the guest did not see the file it wrote: %+v", lastTick(after))
+	disk := filepath.Join(v.VMDir, "rootfs.ext4")
+	d.waitTick("snap", 0, tickerTrigger+1)
+	if !diskHas(t, disk, tickerFile) {
+		t.Fatalf("the disk does not hold %s, which the guest wrote at tick %d", tickerFile, tickerTrigger)
 	}
 
-	// Restore: the file is gone from the disk, the counter goes on from
-	// the snapshot's value (no boot: no boot line, no count from 1).
+	// Restore: the counter goes on from the snapshot's value (no boot: no
+	// boot line, no count from 1), and the file is gone from the disk. The
+	// VM is killed before the guest reaches the tick that writes it again.
+	// Paused first, so that the old guest prints nothing more: what the log
+	// holds after skip is the restored guest's (restore discards a paused VM).
+	d.must("vm", "pause", "snap")
 	skip := len(d.must("vm", "logs", "snap"))
 	d.must("vm", "restore", "snap", "s1")
-	restored := d.waitTick("snap", skip, atSnapshot.n+2)
+	if s := d.show("snap"); s.State != "running" || s.Runtime.PID == pid || alive(pid) {
+		t.Fatalf("after restore: %s pid %d (old %d alive %v)", s.State, s.Runtime.PID, pid, alive(pid))
+	}
+	d.waitTick("snap", skip, atSnapshot+1)
+	d.must("vm", "kill", "--signal", "KILL", "snap")
+	restored := d.must("vm", "logs", "snap")[skip:]
 	ts := ticks(restored)
 	if strings.Contains(restored, testimage.BootMarker) {
 		t.Fatalf("the restored guest booted:\n%s", tail([]byte(restored), 2000))
 	}
-	first := ts[0]
-	if first.n <= 1 || first.n > atSnapshot.n+1 {
-		t.Fatalf("after restore the counter went on at %d; the snapshot was at %d", first.n, atSnapshot.n)
+	if ts[0] <= 1 || ts[0] > atSnapshot+1 {
+		t.Fatalf("after restore the counter went on at %d; the snapshot was at %d", ts[0], atSnapshot)
 	}
-	for _, tk := range ts {
-		if tk.n < tickerTrigger && tk.file {
-			t.Fatalf("after restore, at tick %d, the file written after the snapshot is on the disk", tk.n)
-		}
+	if last := ts[len(ts)-1]; last >= tickerTrigger {
+		t.Fatalf("the restored guest reached tick %d before it was killed: the disk check cannot tell", last)
 	}
-	if s := d.show("snap"); s.State != "running" || s.Runtime.PID == pid || alive(pid) {
-		t.Fatalf("after restore: %s pid %d (old %d alive %v)", s.State, s.Runtime.PID, pid, alive(pid))
+	if diskHas(t, disk, tickerFile) {
+		t.Fatalf("after restore the disk still holds %s, written after the snapshot", tickerFile)
 	}
+	d.must("vm", "start", "snap")
+	d.waitLog("snap", testimage.BootLine(2), 1, bootTimeout)
 
 	// Another machine shape is refused, and left as it was.
 	d.createVM("other", "--memory", "512M")
