@@ -46,6 +46,9 @@ func TestPauseResume(t *testing.T) {
 	if _, err := e.svc.StartVM(ctx, "web"); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "banger vm resume web") {
 		t.Fatalf("start of a paused vm: %v", err)
 	}
+	if _, _, err := e.svc.SSHTarget(ctx, "web"); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "banger vm resume web") {
+		t.Fatalf("ssh to a paused vm: %v", err)
+	}
 	if got := e.get("web"); got.State != model.StatePaused || got.Runtime.PID != pid || !alive(vmmProcess(got)) {
 		t.Fatalf("after a refused start: %s pid %d (was %d)", got.State, got.Runtime.PID, pid)
 	}

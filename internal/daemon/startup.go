@@ -157,6 +157,9 @@ func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string,
 	if err != nil {
 		return nil, "", err
 	}
+	if v.State == model.StatePaused {
+		return nil, "", errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
+	}
 	if v.State != model.StateRunning || !s.alive(v) {
 		return nil, "", errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
 	}
