@@ -25,6 +25,9 @@ type ImageManifest struct {
 	PVHEntry             uint64   `json:"pvh_entry,omitempty"`    // vmlinux Xen PVH entry (XEN_ELFNOTE_PHYS32_ENTRY)
 	KernelCmdline        string   `json:"kernel_cmdline"`         // what the image needs on the kernel command line
 	InitramfsModules     []string `json:"initramfs_modules"`      // module files, in load order
+	// InitramfsFeatures are what the image's initramfs /init can do beyond
+	// mounting the root, e.g. InitramfsConfigDisk. Absent in older images.
+	InitramfsFeatures []string `json:"initramfs_features,omitempty"`
 
 	SizeBytes    int64 `json:"size_bytes"`    // of the root filesystem image
 	ContentBytes int64 `json:"content_bytes"` // of the root tree
@@ -34,6 +37,22 @@ type ImageManifest struct {
 
 	Packages  []ImagePackage  `json:"packages"`
 	Artifacts []ImageArtifact `json:"artifacts"`
+}
+
+// InitramfsConfigDisk is the InitramfsFeatures entry of an initramfs that
+// applies a VM's config disk (its identity files) onto the root before
+// switching to it. A VM of an image without it gets its identity written
+// onto its raw root disk instead.
+const InitramfsConfigDisk = "config-disk"
+
+// HasInitramfsFeature reports whether the image's initramfs has feature f.
+func (m *ImageManifest) HasInitramfsFeature(f string) bool {
+	for _, x := range m.InitramfsFeatures {
+		if x == f {
+			return true
+		}
+	}
+	return false
 }
 
 // ImageArtifact is one file of an image.

@@ -117,16 +117,16 @@ type Stage struct {
 
 // Image is a bootable guest image.
 type Image struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	KernelPath  string    `json:"kernel_path"`
-	InitrdPath  string    `json:"initrd_path,omitempty"`
-	RootfsPath  string    `json:"rootfs_path"`
-	RootfsBytes int64     `json:"rootfs_bytes"`
-	Cmdline     string    `json:"cmdline,omitempty"`
-	Manifest    any       `json:"manifest,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
-	UsedBy      []string  `json:"used_by,omitempty"`
+	ID          string         `json:"id"`
+	Name        string         `json:"name"`
+	KernelPath  string         `json:"kernel_path"`
+	InitrdPath  string         `json:"initrd_path,omitempty"`
+	RootfsPath  string         `json:"rootfs_path"`
+	RootfsBytes int64          `json:"rootfs_bytes"`
+	Cmdline     string         `json:"cmdline,omitempty"`
+	Manifest    *ImageManifest `json:"manifest,omitempty"`
+	CreatedAt   time.Time      `json:"created_at"`
+	UsedBy      []string       `json:"used_by,omitempty"`
 }
 
 // ImportImageRequest is the body of POST /v1/images/import. Paths are

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,12 +19,13 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/config"
 	"github.com/banger-vm/banger/internal/daemon"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/server"
 	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/system"
 )
 
 type daemonOptions struct {
@@ -128,7 +128,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if err != nil {
 		return err
 	}
-	_, authorizedKey, err := guest.EnsureClientKey(l.ClientKey())
+	_, authorizedKey, err := identity.EnsureClientKey(l.ClientKey())
 	if err != nil {
 		return fmt.Errorf("banger's ssh key: %w", err)
 	}
@@ -293,18 +293,9 @@ func newLogger(level, file string, logCap int64) (*slog.Logger, func(), error) {
 
 // lockStateDir makes sure one daemon owns a state dir.
 func lockStateDir(l layout.Layout) (func(), error) {
-	dir := l.StateDir
-	f, err := os.OpenFile(l.LockFile(), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
+	unlock, err := system.TryLockFile(l.LockFile())
+	if errors.Is(err, system.ErrLocked) {
+		return nil, errdefs.Conflict("another banger daemon owns %s (hint: stop it, or use another --state-dir)", l.StateDir)
 	}
-	if err := f.Chmod(0o600); err != nil { // whatever the umask or an older file said
-		f.Close()
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, errdefs.Conflict("another banger daemon owns %s (hint: stop it, or use another --state-dir)", dir)
-	}
-	return func() { f.Close() }, nil
+	return unlock, err
 }

@@ -9,10 +9,6 @@ import (
 	"github.com/banger-vm/banger/internal/doctor"
 )
 
-// doctorDrivers builds the drivers `banger doctor` checks; a test replaces
-// it to stand for a host where no VMM can run.
-var doctorDrivers = newDrivers
-
 func newDoctorCommand(g *globals) *cobra.Command {
 	var bridge string
 	cmd := &cobra.Command{
@@ -22,7 +18,7 @@ func newDoctorCommand(g *globals) *cobra.Command {
 			"and says which driver `auto` picks and why. Exits 5 when no VM can run here.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r := doctor.Run(cmd.Context(), doctor.Options{Layout: g.layout, Drivers: doctorDrivers(g.layout), Bridge: bridge})
+			r := doctor.Run(cmd.Context(), doctor.Options{Layout: g.layout, Drivers: g.drivers(g.layout), Bridge: bridge})
 			if err := renderDoctor(cmd.OutOrStdout(), g.output, r); err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -15,9 +16,7 @@ import (
 // TestDoctorExitsWhenNoVMMCanRun: on a host where no VMM can run, `banger
 // doctor` says so and exits 5 (failed precondition), in both formats.
 func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
-	old := doctorDrivers
-	t.Cleanup(func() { doctorDrivers = old })
-	doctorDrivers = func(l layout.Layout) vmm.Registry {
+	noVMM := func(l layout.Layout) vmm.Registry {
 		q := qemu.New()
 		q.Binary = "banger-no-such-qemu"
 		return vmm.Registry{
@@ -26,7 +25,16 @@ func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
 		}
 	}
 
-	out, err := run(t, "--state-dir", t.TempDir(), "doctor")
+	runDoctor := func(args ...string) (string, error) {
+		root := newRootWith(&globals{layout: layout.FromEnv(), drivers: noVMM})
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append([]string{"--runtime-dir", t.TempDir(), "--state-dir", t.TempDir(), "doctor"}, args...))
+		err := root.Execute()
+		return out.String(), err
+	}
+	out, err := runDoctor()
 	if code := exitCode(err); code != exitFailedPrecondition {
 		t.Fatalf("exit %d (%v), want %d:\n%s", code, err, exitFailedPrecondition, out)
 	}
@@ -36,7 +44,7 @@ func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
 		}
 	}
 
-	out, err = run(t, "--state-dir", t.TempDir(), "doctor", "-o", "json")
+	out, err = runDoctor("-o", "json")
 	if code := exitCode(err); code != exitFailedPrecondition {
 		t.Fatalf("json: exit %d (%v), want %d", code, err, exitFailedPrecondition)
 	}

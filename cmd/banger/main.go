@@ -15,6 +15,7 @@ import (
 	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 // Exit codes, one per error class.
@@ -62,12 +63,20 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code
 type globals struct {
 	layout layout.Layout
 	output string
+	// drivers builds the VMM drivers `banger doctor` checks (newDrivers;
+	// a test stands for a host where no VMM can run).
+	drivers func(layout.Layout) vmm.Registry
 }
 
 func (g *globals) client() *client.Client { return client.New(g.layout.ControlSocket()) }
 
 func newRoot() *cobra.Command {
-	g := &globals{layout: layout.FromEnv()}
+	return newRootWith(&globals{layout: layout.FromEnv(), drivers: newDrivers})
+}
+
+// newRootWith builds the command tree around g, which holds the defaults
+// of the shared flags.
+func newRootWith(g *globals) *cobra.Command {
 	var showVersion bool
 	root := &cobra.Command{
 		Use:           "banger",

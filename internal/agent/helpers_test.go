@@ -13,7 +13,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 )
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -92,7 +92,7 @@ func (f *fakeSystem) SetDNS(servers []netip.Addr) error {
 }
 
 func (f *fakeSystem) NewHostKeys() ([]ssh.PublicKey, error) {
-	keys, err := guest.NewHostKeys()
+	keys, err := identity.NewHostKeys()
 	if err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 )
 
 // System is the guest's state the agent changes: the real one is
@@ -145,9 +145,9 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 	}
 	// Persist for systemd-networkd, where the image has it, so a reboot
 	// keeps the new address.
-	if fi, err := os.Stat(filepath.Dir(guest.NetworkFile)); err == nil && fi.IsDir() {
-		cfg := guest.NetworkConfig(guest.Identity{MAC: mac, Address: n.Address, Gateway: n.Gateway, DNS: dns})
-		if err := writeFileAtomic(guest.NetworkFile, cfg, 0o644); err != nil {
+	if fi, err := os.Stat(filepath.Dir(identity.NetworkFile)); err == nil && fi.IsDir() {
+		cfg := identity.NetworkConfig(identity.Identity{MAC: mac, Address: n.Address, Gateway: n.Gateway, DNS: dns})
+		if err := writeFileAtomic(identity.NetworkFile, cfg, 0o644); err != nil {
 			return err
 		}
 	}
@@ -166,7 +166,7 @@ func (HostSystem) SetDNS(servers []netip.Addr) error {
 }
 
 func (h HostSystem) NewHostKeys() ([]ssh.PublicKey, error) {
-	keys, err := guest.NewHostKeys()
+	keys, err := identity.NewHostKeys()
 	if err != nil {
 		return nil, err
 	}

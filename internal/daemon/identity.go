@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/network"
 )
@@ -24,7 +24,7 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 		return nil
 	}
 	disk := s.layout.VM(v.ID).RootDisk()
-	if ok, why := guest.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
+	if ok, why := identity.CanApplyIdentity(ctx, disk, s.layout.TmpDir(), s.cfg.GuestUser); !ok {
 		op.Note(stage, "not written ("+why+"): ssh will trust the guest's host key on first use")
 		return nil
 	}
@@ -32,11 +32,11 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 	if err != nil {
 		return fmt.Errorf("guest ip %q: %w", v.GuestIP, err)
 	}
-	keys, err := guest.NewHostKeys()
+	keys, err := identity.NewHostKeys()
 	if err != nil {
 		return err
 	}
-	machineID, err := guest.NewMachineID()
+	machineID, err := identity.NewMachineID()
 	if err != nil {
 		return err
 	}
@@ -44,16 +44,16 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 	if err != nil {
 		return err
 	}
-	id := guest.Identity{
+	id := identity.Identity{
 		Hostname: v.Name, MachineID: machineID, MAC: mac,
 		Address: netip.PrefixFrom(ip, s.pool.Prefix().Bits()), Gateway: s.pool.Gateway(), DNS: s.cfg.GuestDNS,
 		User: s.cfg.GuestUser, AuthorizedKey: s.cfg.ClientKey, HostKeys: keys,
 	}
-	if err := guest.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id); err != nil {
+	if err := identity.ApplyIdentity(ctx, disk, s.layout.TmpDir(), id); err != nil {
 		return err
 	}
 	pubs := keys.PublicKeys()
-	if err := guest.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, pubs...); err != nil {
+	if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, pubs...); err != nil {
 		return fmt.Errorf("pin host key: %w", err)
 	}
 	v.HostKey = string(ssh.MarshalAuthorizedKey(pubs[0]))

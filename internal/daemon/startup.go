@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -86,7 +86,7 @@ func (s *Service) removeOrphans(ctx context.Context) error {
 			s.log.Info("removed the dir of a deleted vm", "dir", dir)
 		}
 	}
-	hosts, err := guest.PinnedHosts(s.layout.KnownHosts())
+	hosts, err := identity.PinnedHosts(s.layout.KnownHosts())
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func (s *Service) removeOrphans(ctx context.Context) error {
 		return nil
 	}
 	s.log.Info("removing host-key pins of deleted vms", "hosts", strings.Join(stale, ","))
-	return guest.RemovePins(s.layout.KnownHosts(), stale...)
+	return identity.RemovePins(s.layout.KnownHosts(), stale...)
 }
 
 // removeStalePublishes drops published ports whose VM no longer runs (a

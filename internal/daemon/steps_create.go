@@ -10,7 +10,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
@@ -59,7 +59,7 @@ func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 			Undo: func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
 		{Name: StepGuestIdentity,
 			Do:   func(ctx context.Context) error { return s.applyIdentity(ctx, v, op) },
-			Undo: func(context.Context) error { return guest.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name) }},
+			Undo: func(context.Context) error { return identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name) }},
 		{Name: StepRecordStopped, Do: func(ctx context.Context) error {
 			v.State = model.StateStopped
 			return s.store.UpdateVM(ctx, v)

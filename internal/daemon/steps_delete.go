@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/banger-vm/banger/internal/guest"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/model"
 )
 
@@ -30,7 +30,7 @@ func (s *Service) buildDeleteSteps(op *operation, v *model.VM) []Step {
 			if err := removeAllIn(s.layout.VMsDir(), v.VMDir); err != nil {
 				errs = append(errs, fmt.Errorf("remove vm dir: %w", err))
 			}
-			if err := guest.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
+			if err := identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name); err != nil {
 				errs = append(errs, fmt.Errorf("remove host-key pins: %w", err))
 			}
 			return errors.Join(errs...)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/identity"
 )
 
 // permBits are the mode bits a copy to the guest keeps: permissions,
@@ -383,7 +384,7 @@ func ParseCopyArg(s string) (vm, p string, isRemote bool, err error) {
 	case p == "":
 		return "", "", false, errdefs.InvalidArgument("%q has no path after ':' (hint: write %s:/absolute/path)", s, vm)
 	case !strings.HasPrefix(p, "/"):
-		return "", "", false, errdefs.InvalidArgument("%q: the path on the VM must be absolute (hint: %s:/home/%s/%s; for a local file with ':' in its name write ./%s)", s, vm, DefaultUser, p, s)
+		return "", "", false, errdefs.InvalidArgument("%q: the path on the VM must be absolute (hint: %s:/home/%s/%s; for a local file with ':' in its name write ./%s)", s, vm, identity.DefaultUser, p, s)
 	}
 	return vm, p, true, nil
 }

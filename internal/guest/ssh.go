@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/identity"
 )
 
 // Target is a guest to reach over SSH.
@@ -39,7 +40,7 @@ const (
 )
 
 // Dial connects to the guest t as t.User with signer, checking its host key
-// against the pins in knownHostsPath (see HostKeyCallback; tofu pins a
+// against the pins in knownHostsPath (see identity.HostKeyCallback; tofu pins a
 // first key). The TCP connect and the handshake are bounded by ctx and by
 // DialTimeout; cancelling ctx during the handshake aborts it. The client
 // sends keepalives and closes itself when the guest stops answering.
@@ -53,8 +54,8 @@ func Dial(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath strin
 	cfg := &ssh.ClientConfig{
 		User:              t.User,
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback:   HostKeyCallback(knownHostsPath, t.Name, tofu),
-		HostKeyAlgorithms: pinnedAlgorithms(knownHostsPath, []string{knownhosts.Normalize(addr), t.Name}),
+		HostKeyCallback:   identity.HostKeyCallback(knownHostsPath, t.Name, tofu),
+		HostKeyAlgorithms: identity.PinnedAlgorithms(knownHostsPath, []string{knownhosts.Normalize(addr), t.Name}),
 		ClientVersion:     "SSH-2.0-banger",
 	}
 	var d net.Dialer
@@ -75,7 +76,7 @@ func Dial(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath strin
 	}
 	if err != nil {
 		conn.Close()
-		if ctx.Err() != nil && !errors.Is(err, ErrHostKeyMismatch) {
+		if ctx.Err() != nil && !errors.Is(err, identity.ErrHostKeyMismatch) {
 			// The deadline or the cancel is the cause, whatever the
 			// handshake saw of it (a timeout, a closed connection).
 			err = ctx.Err()
@@ -141,7 +142,7 @@ func WaitReady(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath 
 		if err == nil {
 			return c.Close()
 		}
-		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrHostKeyUnknown) || errors.Is(err, errdefs.ErrInvalidArgument) {
+		if errors.Is(err, identity.ErrHostKeyMismatch) || errors.Is(err, identity.ErrHostKeyUnknown) || errors.Is(err, errdefs.ErrInvalidArgument) {
 			return err
 		}
 		if ctx.Err() == nil || last == nil {

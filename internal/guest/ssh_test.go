@@ -17,6 +17,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/identity"
 )
 
 // fixture is a client key, a known_hosts path and a guest (test server)
@@ -32,7 +33,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	signer, _, err := EnsureClientKey(filepath.Join(dir, "state", "ssh", "id_ed25519"))
+	signer, _, err := identity.EnsureClientKey(filepath.Join(dir, "state", "ssh", "id_ed25519"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func newFixture(t *testing.T) *fixture {
 
 func (f *fixture) pin(t *testing.T, key ssh.PublicKey) {
 	t.Helper()
-	if err := Pin(f.kh, []string{f.target.Addr.String(), f.target.Name}, key); err != nil {
+	if err := identity.Pin(f.kh, []string{f.target.Addr.String(), f.target.Name}, key); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -86,7 +87,7 @@ func assertMismatch(t *testing.T, err error, f *fixture) {
 	if err == nil {
 		t.Fatal("dial accepted a host key that is not the pinned one")
 	}
-	if !errors.Is(err, ErrHostKeyMismatch) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+	if !errors.Is(err, identity.ErrHostKeyMismatch) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("want a host key mismatch (failed precondition), got %v", err)
 	}
 	for _, want := range []string{`vm "web"`, f.kh, "deleting a VM removes its pins"} {
@@ -131,10 +132,10 @@ func TestDialWrongKeyRefused(t *testing.T) {
 	}
 
 	// A pin by name alone also refuses: the name is checked as well as the IP.
-	if err := RemovePins(f.kh, f.target.Addr.String(), "web"); err != nil {
+	if err := identity.RemovePins(f.kh, f.target.Addr.String(), "web"); err != nil {
 		t.Fatal(err)
 	}
-	if err := Pin(f.kh, []string{"web"}, newEd25519Signer(t).PublicKey()); err != nil {
+	if err := identity.Pin(f.kh, []string{"web"}, newEd25519Signer(t).PublicKey()); err != nil {
 		t.Fatal(err)
 	}
 	_, err = f.dial(t, true)
@@ -145,7 +146,7 @@ func TestDialWithoutPinRefusedUnlessTOFU(t *testing.T) {
 	checkLeaks(t)
 	f := newFixture(t)
 	_, err := f.dial(t, false)
-	if !errors.Is(err, ErrHostKeyUnknown) || !strings.Contains(err.Error(), f.kh) {
+	if !errors.Is(err, identity.ErrHostKeyUnknown) || !strings.Contains(err.Error(), f.kh) {
 		t.Fatalf("want unknown host key naming %s, got %v", f.kh, err)
 	}
 	if _, err := os.Stat(f.kh); !os.IsNotExist(err) {
@@ -190,13 +191,13 @@ func TestRemovePinsThenRepin(t *testing.T) {
 	f := newFixture(t)
 	f.pin(t, f.host.PublicKey())
 	other := []string{"172.30.0.9", "db"}
-	if err := Pin(f.kh, other, newEd25519Signer(t).PublicKey()); err != nil {
+	if err := identity.Pin(f.kh, other, newEd25519Signer(t).PublicKey()); err != nil {
 		t.Fatal(err)
 	}
 	mustDial(t, f, false).Close()
 
 	// Delete the VM; a new one gets the same IP and name and its own key.
-	if err := RemovePins(f.kh, f.target.Addr.String(), f.target.Name); err != nil {
+	if err := identity.RemovePins(f.kh, f.target.Addr.String(), f.target.Name); err != nil {
 		t.Fatal(err)
 	}
 	addr := f.srv.ln.Addr().String()
@@ -207,7 +208,7 @@ func TestRemovePinsThenRepin(t *testing.T) {
 	mustDial(t, f, false).Close()
 
 	// And for an imported image (TOFU) after a delete.
-	if err := RemovePins(f.kh, f.target.Addr.String(), f.target.Name); err != nil {
+	if err := identity.RemovePins(f.kh, f.target.Addr.String(), f.target.Name); err != nil {
 		t.Fatal(err)
 	}
 	f.srv.Close()
@@ -249,7 +250,7 @@ func TestPinReplacesAndAsksForPinnedType(t *testing.T) {
 	}
 	mustDial(t, f, false).Close()
 
-	if err := Pin(f.kh, []string{"a b"}, f.host.PublicKey()); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if err := identity.Pin(f.kh, []string{"a b"}, f.host.PublicKey()); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("pin of a host with a space: %v", err)
 	}
 }

@@ -4,10 +4,13 @@ package image
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/banger-vm/banger/internal/storage"
 )
 
 // CheckKernel accepts an x86 bzImage (what QEMU boots) or an ELF vmlinux
@@ -90,24 +93,10 @@ func readHead(path string, n int) ([]byte, error) {
 	return buf[:k], nil
 }
 
-// CopyFile copies src to a new file dst (mode 0644).
-func CopyFile(src, dst string) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	_, err = io.Copy(out, in)
-	return err
+// CopyFile copies src to a new file dst (mode 0644), with
+// storage.CopyFile: a reflink where it can, else a sparse copy.
+func CopyFile(src, dst string) error {
+	return storage.CopyFile(context.Background(), src, dst, 0o644)
 }
 
 // IsELF reports whether path starts with the ELF magic.

@@ -12,11 +12,18 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-func toImage(im *model.Image, users []string) api.Image {
+// toImage is the API's view of an image. A stored manifest that does not
+// parse is logged and left out: it never fails a list or a show.
+func (s *server) toImage(im *model.Image, users []string) api.Image {
 	out := api.Image{ID: im.ID, Name: im.Name, KernelPath: im.KernelPath, InitrdPath: im.InitrdPath,
 		RootfsPath: im.RootfsPath, RootfsBytes: im.RootfsBytes, Cmdline: im.Cmdline, CreatedAt: im.CreatedAt, UsedBy: users}
 	if len(im.Manifest) > 0 {
-		out.Manifest = json.RawMessage(im.Manifest)
+		var m api.ImageManifest
+		if err := json.Unmarshal(im.Manifest, &m); err != nil {
+			s.log.Warn("stored image manifest does not parse: left out", "image", im.Name, "err", err)
+		} else {
+			out.Manifest = &m
+		}
 	}
 	return out
 }
@@ -29,7 +36,7 @@ func (s *server) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Image, 0, len(ims))
 	for _, im := range ims {
-		out = append(out, toImage(im, nil))
+		out = append(out, s.toImage(im, nil))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -51,7 +58,7 @@ func (s *server) importImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, toImage(im, nil))
+	writeJSON(w, http.StatusCreated, s.toImage(im, nil))
 }
 
 func (s *server) getImage(w http.ResponseWriter, r *http.Request) {
@@ -60,7 +67,7 @@ func (s *server) getImage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toImage(im, users))
+	writeJSON(w, http.StatusOK, s.toImage(im, users))
 }
 
 func (s *server) deleteImage(w http.ResponseWriter, r *http.Request) {
@@ -107,6 +114,6 @@ func (s *server) buildImage(w http.ResponseWriter, r *http.Request) {
 		send(api.BuildEvent{Error: &api.Error{Class: string(errdefs.ClassOf(err)), Message: err.Error()}})
 		return
 	}
-	out := toImage(im, nil)
+	out := s.toImage(im, nil)
 	send(api.BuildEvent{Image: &out})
 }

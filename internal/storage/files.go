@@ -40,7 +40,7 @@ func (r *ReflinkDisk) Create(ctx context.Context, d Disk) error {
 	if err != nil {
 		return err
 	}
-	return cloneFile(ctx, base, d.Path, true)
+	return cloneFile(ctx, base, d.Path, true, 0o600)
 }
 
 // grownBase returns the cached grown clone of d.Image at d.Size, mode 0444,
@@ -87,7 +87,7 @@ func (*ReflinkDisk) Attach(_ context.Context, d Disk) (Attachment, error) {
 func (*ReflinkDisk) Detach(context.Context, Disk) error { return nil }
 
 func (*ReflinkDisk) Clone(ctx context.Context, d Disk, dst string) error {
-	return cloneFile(ctx, d.Path, dst, true)
+	return cloneFile(ctx, d.Path, dst, true, 0o600)
 }
 
 func (*ReflinkDisk) Remove(_ context.Context, d Disk) error { return removeFile(d.Path) }
@@ -112,7 +112,7 @@ func (*CopyDisk) Attach(_ context.Context, d Disk) (Attachment, error) {
 func (*CopyDisk) Detach(context.Context, Disk) error { return nil }
 
 func (*CopyDisk) Clone(ctx context.Context, d Disk, dst string) error {
-	return cloneFile(ctx, d.Path, dst, false)
+	return cloneFile(ctx, d.Path, dst, false, 0o600)
 }
 
 func (*CopyDisk) Remove(_ context.Context, d Disk) error { return removeFile(d.Path) }
@@ -124,7 +124,7 @@ func makeRawDisk(ctx context.Context, d Disk, reflink bool) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := cloneFile(ctx, d.Image, d.Path, reflink); err != nil {
+	if err := cloneFile(ctx, d.Image, d.Path, reflink, 0o600); err != nil {
 		return err
 	}
 	defer func() {
@@ -141,9 +141,9 @@ func makeRawDisk(ctx context.Context, d Disk, reflink bool) (err error) {
 	return growExt4(ctx, d.Path)
 }
 
-// cloneFile makes dst (new, mode 0600) a copy of src: FICLONE when reflink,
+// cloneFile makes dst (new, with mode) a copy of src: FICLONE when reflink,
 // else a sparse copy. src is opened read-only. On error dst is gone.
-func cloneFile(ctx context.Context, src, dst string, reflink bool) (err error) {
+func cloneFile(ctx context.Context, src, dst string, reflink bool, mode os.FileMode) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("open %q: %w", src, err)
@@ -153,9 +153,9 @@ func cloneFile(ctx context.Context, src, dst string, reflink bool) (err error) {
 	if err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
-		return fmt.Errorf("create vm disk: %w", err)
+		return fmt.Errorf("create %q: %w", dst, err)
 	}
 	defer func() {
 		if cerr := out.Close(); err == nil && cerr != nil {
@@ -165,7 +165,7 @@ func cloneFile(ctx context.Context, src, dst string, reflink bool) (err error) {
 			os.Remove(dst)
 		}
 	}()
-	if err := out.Chmod(0o600); err != nil {
+	if err := out.Chmod(mode); err != nil { // whatever the umask said
 		return err
 	}
 	if reflink {
@@ -184,12 +184,22 @@ func cloneFile(ctx context.Context, src, dst string, reflink bool) (err error) {
 }
 
 // copyFile reflinks src to dst where the filesystem can, else copies it
-// sparsely.
+// sparsely; dst is private to the daemon (0600).
 func copyFile(ctx context.Context, src, dst string) error {
-	if err := cloneFile(ctx, src, dst, true); err == nil {
+	return CopyFile(ctx, src, dst, 0o600)
+}
+
+// CopyFile makes dst, a new file with mode (set explicitly, whatever the
+// umask), a copy of src: a reflink where the filesystem can, else a copy of
+// src's allocated extents only (holes stay holes), synced to disk. dst must
+// not exist; on error it is gone. It is banger's one file-copy helper.
+func CopyFile(ctx context.Context, src, dst string, mode os.FileMode) error {
+	if err := cloneFile(ctx, src, dst, true, mode); err == nil {
 		return nil
+	} else if errors.Is(err, os.ErrExist) || errors.Is(err, os.ErrNotExist) {
+		return err // the copy below would fail the same way
 	}
-	return cloneFile(ctx, src, dst, false)
+	return cloneFile(ctx, src, dst, false, mode)
 }
 
 func attachFile(d Disk, f Format) (Attachment, error) {

@@ -64,5 +64,9 @@ func openLockable(path string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := f.Chmod(0o600); err != nil { // whatever the umask or an older file said
+		f.Close()
+		return nil, err
+	}
 	return f, nil
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/layout"
 )
@@ -70,8 +71,8 @@ func TestManifestRoundTrip(t *testing.T) {
 		FormatVersion: ManifestVersion, Release: "bookworm", Recipe: Recipe(), Mirror: DefaultMirror, ExtraPackages: []string{"curl"},
 		KernelPackage: DefaultKernelPackage, KernelPackageVersion: "6.1.153-1", KernelVersion: "6.1.0-39-cloud-amd64",
 		KernelCompression: "lz4", KernelEntry: 0x1000000, PVHEntry: 0x1000850, KernelCmdline: KernelCmdline,
-		InitramfsModules: []string{"kernel/drivers/virtio/virtio.ko"},
-		SizeBytes:        2 << 30, ContentBytes: 300 << 20,
+		InitramfsModules: []string{"kernel/drivers/virtio/virtio.ko"}, InitramfsFeatures: []string{api.InitramfsConfigDisk},
+		SizeBytes: 2 << 30, ContentBytes: 300 << 20,
 		BuiltAt: time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC), DurationSeconds: 41.5,
 		Packages:  []Package{{Name: "sudo", Version: "1.9.13p3-1+deb12u1", Arch: "amd64"}, {Name: "base-files", Version: "12.4+deb12u7", Arch: "amd64"}},
 		Artifacts: []Artifact{{Name: ArtifactRootfs, File: ArtifactRootfs, Size: 2 << 30, SHA256: strings.Repeat("ab", 32)}},
@@ -91,7 +92,7 @@ func TestManifestRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(*got, m) {
 		t.Fatalf("round trip differs:\n got  %+v\n want %+v", *got, m)
 	}
-	for _, key := range []string{`"release":"bookworm"`, `"kernel_version":"6.1.0-39-cloud-amd64"`, `"sha256":"abab`, `"built_at":"2026-11-25T10:00:00Z"`} {
+	for _, key := range []string{`"release":"bookworm"`, `"kernel_version":"6.1.0-39-cloud-amd64"`, `"sha256":"abab`, `"built_at":"2026-11-25T10:00:00Z"`, `"initramfs_features":["config-disk"]`} {
 		if !strings.Contains(string(data), key) {
 			t.Errorf("JSON lacks %s: %s", key, data)
 		}

@@ -8,11 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/banger-vm/banger/api"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +20,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/image"
 	"github.com/banger-vm/banger/internal/image/initramfs"
@@ -115,6 +116,7 @@ func (b *builder) initramfs(ctx context.Context) error {
 		}
 	}
 	b.manifest.InitramfsModules = mods
+	b.manifest.InitramfsFeatures = slices.Clone(initramfs.Features)
 	dst := filepath.Join(b.out, ArtifactInitrd)
 	err = writeFile(dst, func(w io.Writer) error {
 		return initramfs.Build(w, initramfs.Spec{

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -28,11 +29,16 @@ import (
 // printed, not fatal), reads root= (default /dev/vda), rootfstype= (ext4),
 // rootflags=, init= (/sbin/init) and rootwait= (10 s) from /proc/cmdline,
 // waits for the root device for at most rootwait seconds (then powers off),
-// mounts it read-write on /newroot, moves /dev, /proc and /sys into it and
-// execs switch_root.
+// mounts it read-write on /newroot, applies banger's config disk (the VM's
+// identity files, see internal/identity.ConfigDisk) onto it when one is
+// attached, moves /dev, /proc and /sys into it and execs switch_root.
 //
 //go:embed init.sh
 var DefaultInit string
+
+// Features are what DefaultInit does beyond mounting the root, as the image
+// manifest records them (api.ImageManifest.InitramfsFeatures).
+var Features = []string{api.InitramfsConfigDisk}
 
 // ModuleListPath is the file in the initramfs that lists the module files to
 // load, as absolute paths, one a line, in load order.
@@ -43,8 +49,9 @@ const ModuleListPath = "/etc/initramfs-modules"
 // `busybox --install -s` at boot, keep the archive's contents fixed and
 // testable and leave nothing to fail before /init can print.
 var DefaultApplets = []string{
-	"cat", "echo", "findfs", "insmod", "ls", "mkdir", "mount", "poweroff",
-	"reboot", "sh", "sleep", "switch_root", "sync", "umount",
+	"cat", "chmod", "chown", "cp", "cpio", "dd", "echo", "findfs", "insmod",
+	"ls", "mkdir", "mount", "mv", "poweroff", "reboot", "rm", "sh", "sleep",
+	"stat", "switch_root", "sync", "umount",
 }
 
 // Spec says what goes into an initramfs.

@@ -235,7 +235,8 @@ func TestDefaultInitSyntax(t *testing.T) {
 // against the applets Build links.
 func TestDefaultInitApplets(t *testing.T) {
 	// Every command the script runs must be an applet Build links (or a shell builtin).
-	for _, cmd := range []string{"mount", "insmod", "switch_root", "findfs", "poweroff", "sleep", "sync", "umount", "mkdir", "cat", "ls"} {
+	for _, cmd := range []string{"mount", "insmod", "switch_root", "findfs", "poweroff", "sleep", "sync", "umount", "mkdir", "cat", "ls",
+		"chmod", "chown", "cp", "cpio", "dd", "mv", "rm", "stat"} {
 		if !regexp.MustCompile(`(^|[\s(])` + cmd + `(\s|$)`).MatchString(DefaultInit) {
 			t.Errorf("DefaultInit no longer uses %q: update this list", cmd)
 		}

@@ -1,9 +1,9 @@
 package firecracker
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/storage"
 )
 
 // JailerMode says whether Firecracker runs under its jailer.
@@ -150,7 +151,16 @@ func (j jail) placeReadOnly(src, dst string) error {
 	} else if !errors.Is(err, unix.EXDEV) {
 		return err
 	}
-	return copyFile(src, dst, j.uid, j.gid)
+	// Read-only for the jailed user: a reflink or sparse copy (a disk's holes
+	// stay holes).
+	if err := storage.CopyFile(context.Background(), src, dst, 0o400); err != nil {
+		return err
+	}
+	if err := os.Chown(dst, j.uid, j.gid); err != nil {
+		os.Remove(dst)
+		return err
+	}
+	return nil
 }
 
 func (j jail) placeDisk(src, dst string) error {
@@ -231,25 +241,4 @@ func readableBy(fi os.FileInfo, uid, gid int) bool {
 	default:
 		return perm&0o004 != 0
 	}
-}
-
-func copyFile(src, dst string, uid, gid int) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o400)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	return out.Chown(uid, gid)
 }

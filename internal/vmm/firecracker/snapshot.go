@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/storage"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -174,7 +174,7 @@ func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (v
 func takeFile(src, dst string) error {
 	if src != dst {
 		if err := os.Rename(src, dst); errors.Is(err, unix.EXDEV) {
-			if err := copyPrivate(src, dst); err != nil {
+			if err := storage.CopyFile(context.Background(), src, dst, 0o600); err != nil {
 				return err
 			}
 			if err := os.Remove(src); err != nil {
@@ -188,27 +188,6 @@ func takeFile(src, dst string) error {
 		return err
 	}
 	return os.Chmod(dst, 0o600)
-}
-
-func copyPrivate(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // checkRestore refuses, before anything starts, a snapshot taken with

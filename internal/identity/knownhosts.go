@@ -1,6 +1,9 @@
-// Package guest is how banger reaches into guests: SSH with pinned host
-// keys, and the identity written onto a VM's disk.
-package guest
+// Package identity is what makes a guest one VM, and how banger knows it:
+// the identity files (hostname, machine id, network, banger's authorized
+// key, the VM's own SSH host keys) with their two writers, debugfs onto a
+// raw ext4 root disk and the config disk banger's initramfs applies; the
+// client key; and the known_hosts pins the host keys are checked against.
+package identity
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-package guest
+package identity
 
 import (
 	"errors"
@@ -115,11 +115,11 @@ func hostPort(h string) string {
 	return net.JoinHostPort(h, "22")
 }
 
-// pinnedAlgorithms returns the host key algorithms of the keys pinned for
+// PinnedAlgorithms returns the host key algorithms of the keys pinned for
 // hosts, so the client asks the guest for exactly the pinned key type (a
 // guest that also has other host key types never gets to present them).
 // Nil means no pin: the client's defaults apply.
-func pinnedAlgorithms(path string, hosts []string) []string {
+func PinnedAlgorithms(path string, hosts []string) []string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil

@@ -1,4 +1,4 @@
-package guest
+package identity
 
 import (
 	"bufio"
@@ -100,7 +100,9 @@ func (id Identity) validate() error {
 	return nil
 }
 
-// ApplyIdentity writes id onto the ext4 root disk at diskPath, which must
+// ApplyIdentity writes id (the list Files makes) onto the raw ext4 root
+// disk at diskPath, for images whose initramfs does not apply config disks
+// (see WriteConfigDisk for those that do). diskPath must
 // not be in use (banger does this before a VM's first boot). It does not
 // mount the image: it drives debugfs, see debugfs for how the command
 // stream is kept safe. It writes /etc/hostname, /etc/hosts (the
@@ -149,35 +151,17 @@ func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) e
 	}
 
 	p := &planner{v: v, work: work}
-	for _, step := range []func() error{
-		func() error { return p.file(ctx, "/etc/hostname", []byte(id.Hostname+"\n"), 0o644, 0, 0) },
-		func() error { return p.file(ctx, "/etc/hosts", hostsFile(hosts, id.Hostname), 0o644, 0, 0) },
-		func() error { return p.file(ctx, "/etc/machine-id", []byte(id.MachineID+"\n"), 0o444, 0, 0) },
-		func() error { return p.file(ctx, "/etc/resolv.conf", resolvConf(id.DNS), 0o644, 0, 0) },
-		func() error { return p.dir(ctx, "/etc/systemd", 0o755, 0, 0, false) },
-		func() error { return p.dir(ctx, "/etc/systemd/network", 0o755, 0, 0, false) },
-		func() error { return p.file(ctx, NetworkFile, NetworkConfig(id), 0o644, 0, 0) },
-		func() error { return p.dir(ctx, "/etc/ssh", 0o755, 0, 0, false) },
-		func() error { return p.removeHostKeys(ctx) },
-		func() error {
-			for _, k := range id.HostKeys {
-				if err := p.file(ctx, "/etc/ssh/"+k.File, k.Private, 0o600, 0, 0); err != nil {
-					return err
-				}
-				if err := p.file(ctx, "/etc/ssh/"+k.File+".pub", k.PublicFile(), 0o644, 0, 0); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-		func() error { return p.home(ctx, u) },
-		func() error { return p.dir(ctx, u.home+"/.ssh", 0o700, u.uid, u.gid, true) },
-		func() error {
-			key := []byte(strings.TrimSpace(id.AuthorizedKey) + "\n")
-			return p.file(ctx, u.home+"/.ssh/authorized_keys", key, 0o600, u.uid, u.gid)
-		},
-	} {
-		if err := step(); err != nil {
+	if err := p.removeHostKeys(ctx); err != nil {
+		return fail(err)
+	}
+	for _, f := range files(id, u, hosts) {
+		perm := uint32(f.Mode.Perm())
+		if f.Mode.IsDir() {
+			err = p.dir(ctx, f.Path, perm, f.UID, f.GID, !f.Keep)
+		} else {
+			err = p.file(ctx, f.Path, f.Data, perm, f.UID, f.GID)
+		}
+		if err != nil {
 			return fail(err)
 		}
 	}
@@ -484,23 +468,6 @@ func (p *planner) removeHostKeys(ctx context.Context) error {
 	slices.Sort(names)
 	for _, name := range names {
 		p.remove("/etc/ssh/" + name)
-	}
-	return nil
-}
-
-// home makes the user's home directory if it is missing: parents as root
-// 0755, the home itself the user's, 0700. An existing home is left as is.
-func (p *planner) home(ctx context.Context, u account) error {
-	parts := strings.Split(u.home[1:], "/")
-	for i := range parts {
-		d := "/" + strings.Join(parts[:i+1], "/")
-		mode, uid, gid := uint32(0o755), uint32(0), uint32(0)
-		if i == len(parts)-1 {
-			mode, uid, gid = 0o700, u.uid, u.gid
-		}
-		if err := p.dir(ctx, d, mode, uid, gid, false); err != nil {
-			return err
-		}
 	}
 	return nil
 }
