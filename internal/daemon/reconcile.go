@@ -42,6 +42,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 //   - error with a runtime kept (a start whose rollback failed): teardown;
 //   - running or stopping, with the same VMM process (pid and start time)
 //     alive: re-adopted, recorded running;
+//   - paused, with its VMM alive: re-adopted paused (readoptPaused);
 //   - otherwise (the VMM exited, or a start was cut short): teardown,
 //     recorded stopped with the reason.
 func (s *Service) buildReconcileSteps(op *operation, v *model.VM) []Step {
@@ -67,6 +68,9 @@ func (s *Service) buildReconcileSteps(op *operation, v *model.VM) []Step {
 		s.log.Info("re-adopted running vm", vmAttrs(v)...)
 		if v.State == model.StateRunning {
 			return nil
+		}
+		if v.State == model.StatePaused {
+			return s.readoptPaused(v)
 		}
 		// A stop cut short: the VM is still up.
 		return []Step{{Name: StageVMReadopted, Do: func(ctx context.Context) error {

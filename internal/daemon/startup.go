@@ -33,6 +33,9 @@ func (s *Service) Startup(ctx context.Context) error {
 	if err := s.removeOrphans(ctx); err != nil {
 		s.log.Warn("could not look for leftovers of deleted vms", "error", err)
 	}
+	if err := s.removeOrphanSnapshotDirs(ctx); err != nil {
+		s.log.Warn("could not remove leftovers of unfinished snapshots", "error", err)
+	}
 	if s.cfg.Network != nil {
 		vms, err := s.store.ListVMs(ctx)
 		if err != nil {
@@ -43,7 +46,7 @@ func (s *Service) Startup(ctx context.Context) error {
 			if v.Runtime.Tap != "" {
 				owned[v.Runtime.Tap] = true
 			}
-			if v.State == model.StateRunning {
+			if v.State == model.StateRunning || v.State == model.StatePaused {
 				running[v.ID] = true
 			}
 		}
@@ -158,6 +161,9 @@ func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string,
 	v, err := s.store.ResolveVM(ctx, ref)
 	if err != nil {
 		return nil, "", err
+	}
+	if v.State == model.StatePaused {
+		return nil, "", errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
 	}
 	if v.State != model.StateRunning || !s.alive(v) {
 		return nil, "", errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)

@@ -96,11 +96,20 @@ func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
 // startLocked runs the start steps; the caller holds the VM's lock. Every
 // error names the VM's log.
 func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
+	return s.startWith(ctx, v, op, nil)
+}
+
+// startWith is startLocked; with restore, the VM is launched restoring
+// that snapshot instead of booting (issue 12).
+func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, restore *vmm.RestoreSpec) (*model.VM, error) {
 	alive := s.alive(v)
 	if alive && v.State == model.StateRunning {
 		op.Note(StageAlreadyRunning, fmt.Sprintf("pid %d", v.Runtime.PID))
 		op.log.Info("vm already running", "pid", v.Runtime.PID)
 		return v, nil
+	}
+	if alive && v.State == model.StatePaused {
+		return v, errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
 	}
 	vsockPath := v.Runtime.VsockPath // kept across restarts, not recomputed
 	if v.Runtime != (model.Runtime{}) {
@@ -116,6 +125,7 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	if err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
+	sc.spec.Restore = restore
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the
 	// moment the VMM process exists, before the driver waits on it.

@@ -73,19 +73,32 @@ func (s *Service) beginStopping(ctx context.Context, v *model.VM, op *operation)
 	return false, s.store.UpdateVM(ctx, v)
 }
 
-// stillRunning records v running again after a stop or kill that could not
-// reach its VMM, and returns err saying so.
-func (s *Service) stillRunning(ctx context.Context, v *model.VM, op *operation, err error, hint string) error {
+// stillRunning records v running (or paused: prev) again after a stop or
+// kill that could not reach its VMM, and returns err saying so.
+func (s *Service) stillRunning(ctx context.Context, v *model.VM, op *operation, prev model.VMState, err error, hint string) error {
 	v.State = model.StateRunning
+	if prev == model.StatePaused {
+		v.State = prev
+	}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	if werr := s.store.UpdateVM(wctx, v); werr != nil {
 		op.log.Warn("could not record the vm running again", append(vmAttrs(v), "error", werr)...)
 	}
-	return errdefs.WithClass(errdefs.ClassOf(err), fmt.Errorf("vm %q is still running: %w (hint: %s)", v.Name, err, hint))
+	return errdefs.WithClass(errdefs.ClassOf(err), fmt.Errorf("vm %q is still %s: %w (hint: %s)", v.Name, v.State, err, hint))
 }
 
 func (s *Service) stopLocked(ctx context.Context, v *model.VM, op *operation, opts StopOptions) error {
+	if v.State == model.StatePaused && s.alive(v) {
+		// A paused guest cannot hear Ctrl-Alt-Del: it is resumed first.
+		if err := s.resumeForStop(ctx, v, op); err != nil {
+			if !opts.Force {
+				return errdefs.WithClass(errdefs.ClassOf(err), fmt.Errorf("vm %q is still paused: %w (hint: banger vm stop --force %s kills it)", v.Name, err, v.Name))
+			}
+			op.Note(StageForce, "--force: the vmm is killed")
+			return s.teardown(ctx, v, op, "")
+		}
+	}
 	if done, err := s.beginStopping(ctx, v, op); done || err != nil {
 		return err
 	}
@@ -94,7 +107,7 @@ func (s *Service) stopLocked(ctx context.Context, v *model.VM, op *operation, op
 	if err != nil {
 		op.Stage(StageGracefulShutdown, StatusFailed, err.Error())
 		if !opts.Force {
-			return s.stillRunning(ctx, v, op, fmt.Errorf("graceful shutdown request failed: %w", err),
+			return s.stillRunning(ctx, v, op, model.StateRunning, fmt.Errorf("graceful shutdown request failed: %w", err),
 				fmt.Sprintf("banger vm stop --force %s kills it", v.Name))
 		}
 		op.Note(StageForce, "--force: the vmm is killed")
@@ -124,6 +137,7 @@ func (s *Service) KillVM(ctx context.Context, ref, signal string) (*model.VM, er
 }
 
 func (s *Service) killLocked(ctx context.Context, v *model.VM, op *operation, sig syscall.Signal) error {
+	prev := v.State // a paused VM takes the signal as it is
 	if done, err := s.beginStopping(ctx, v, op); done || err != nil {
 		return err
 	}
@@ -131,7 +145,7 @@ func (s *Service) killLocked(ctx context.Context, v *model.VM, op *operation, si
 	name := unix.SignalName(sig)
 	if err := s.signal(pid, st, sig); err != nil {
 		op.Stage(StageSendSignal, StatusFailed, err.Error())
-		return s.stillRunning(ctx, v, op, err, "check the daemon's log; banger vm kill --signal KILL, or delete")
+		return s.stillRunning(ctx, v, op, prev, err, "check the daemon's log; banger vm kill --signal KILL, or delete")
 	}
 	op.Stage(StageSendSignal, StatusDone, fmt.Sprintf("%s sent to pid %d", name, pid))
 	if system.WaitExit(ctx, pid, st, s.cfg.KillTimeout) {

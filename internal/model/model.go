@@ -13,6 +13,8 @@ const (
 	StateRunning  VMState = "running"
 	StateStopping VMState = "stopping" // stop or kill in progress
 	StateError    VMState = "error"    // last start failed; see LastError
+	// Pause and snapshots (issue 12).
+	StatePaused VMState = "paused" // VMM running, guest's vCPUs stopped
 )
 
 // VM is one virtual machine as the store records it.
@@ -126,7 +128,7 @@ type Stage struct {
 }
 
 // Live reports whether a VM in this state may have a VMM process running
-// (so its log may grow): starting, running or stopping.
+// (so its log may grow): starting, running, paused or stopping.
 func (s VMState) Live() bool {
-	return s == StateStarting || s == StateRunning || s == StateStopping
+	return s == StateStarting || s == StateRunning || s == StateStopping || s == StatePaused
 }

@@ -40,6 +40,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ops", s.vmOps)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.vmLogs)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
+	s.snapshotRoutes(mux, p)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
 	mux.HandleFunc("POST "+p+"/images/build", s.buildImage)

@@ -107,6 +107,11 @@ func (t *Tx) DeleteImage(ctx context.Context, id string) error {
 	if len(users) > 0 {
 		return errdefs.FailedPrecondition("image is used by vm %s (hint: delete those vms first)", names(users))
 	}
+	if snaps, err := t.SnapshotNamesUsingImage(ctx, id); err != nil {
+		return err
+	} else if len(snaps) > 0 {
+		return errdefs.FailedPrecondition("image is used by snapshot %s (hint: delete those snapshots first: banger vm snapshot delete NAME)", quoted(snaps))
+	}
 	res, err := t.tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, id)
 	if err != nil {
 		return fmt.Errorf("delete image %s: %w", id, err)

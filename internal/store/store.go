@@ -118,6 +118,25 @@ var migrations = []string{
 	// of their image (rootfs.ext4, raw).
 	`ALTER TABLE vms ADD COLUMN disk_strategy TEXT NOT NULL DEFAULT 'sparse-copy';
 	ALTER TABLE vms ADD COLUMN disk_reason TEXT NOT NULL DEFAULT 'made before banger chose a strategy per vm: a sparse copy of the image';`,
+	// Snapshots (issue 12). No reference to vms: a snapshot outlives its VM.
+	`CREATE TABLE snapshots (
+		id         TEXT PRIMARY KEY,
+		name       TEXT NOT NULL UNIQUE,
+		vm_id      TEXT NOT NULL,
+		vm_name    TEXT NOT NULL,
+		image_id   TEXT NOT NULL REFERENCES images(id),
+		vmm        TEXT NOT NULL,
+		vcpus      INTEGER NOT NULL,
+		memory_mib INTEGER NOT NULL,
+		kernel     TEXT NOT NULL,
+		dir        TEXT NOT NULL,
+		size_bytes INTEGER NOT NULL,
+		meta       TEXT NOT NULL,
+		owner_uid  INTEGER NOT NULL DEFAULT 0,
+		created_at INTEGER NOT NULL
+	);
+	CREATE INDEX snapshots_image ON snapshots(image_id);
+	CREATE INDEX snapshots_vm ON snapshots(vm_id);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -176,11 +176,11 @@ func (t *Tx) ListVMs(ctx context.Context) ([]*model.VM, error) {
 }
 
 // ListVMsClaimingRuntime returns the VMs whose record says they may hold
-// something on the host: starting, running, stopping, creating, or in error
+// something on the host: starting, running, paused, stopping, creating, or in error
 // with a runtime kept. Stopped VMs (the bulk of a fleet) are not read.
 func (t *Tx) ListVMsClaimingRuntime(ctx context.Context) ([]*model.VM, error) {
 	return t.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms
-		WHERE state IN ('starting', 'running', 'stopping', 'creating')
+		WHERE state IN ('starting', 'running', 'stopping', 'creating', 'paused')
 		   OR (state = 'error' AND (pid != 0 OR control_socket != '' OR vsock_path != '' OR tap != '' OR dm_name != ''))
 		ORDER BY created_at, id`)
 }
