@@ -32,7 +32,7 @@ func readConfigDisk(t *testing.T, data []byte) (meta, content map[string]string,
 	r := cpio.NewReader(bytes.NewReader(data[512:]))
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

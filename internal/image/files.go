@@ -5,6 +5,7 @@ package image
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -81,8 +82,8 @@ func readHead(path string, n int) ([]byte, error) {
 	}
 	buf := make([]byte, n)
 	k, err := io.ReadFull(f, buf)
-	if err != nil && err != io.ErrUnexpectedEOF {
-		if err == io.EOF {
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("file is empty")
 		}
 		return nil, err

@@ -94,7 +94,9 @@ func TestWriterKeepsLatestWithinCap(t *testing.T) {
 	}
 	const n = 20000 // about 1.4 MB through a 64 KiB cap
 	for i := 0; i < n; i++ {
-		fmt.Fprintf(w, "line %08d %s\n", i, strings.Repeat("x", 60))
+		if _, err := fmt.Fprintf(w, "line %08d %s\n", i, strings.Repeat("x", 60)); err != nil {
+			t.Fatal(err)
+		}
 		if s := logSize(t, path); i%1000 == 0 && s > limit {
 			t.Fatalf("after %d lines the log takes %d bytes, cap %d", i, s, limit)
 		}
@@ -117,7 +119,9 @@ func TestWriterReopensWithinCap(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 0; i < 200; i++ {
-			fmt.Fprintf(w, "round %d line %d\n", round, i)
+			if _, err := fmt.Fprintf(w, "round %d line %d\n", round, i); err != nil {
+				t.Fatal(err)
+			}
 		}
 		w.Close()
 		if s := logSize(t, path); s > limit {
@@ -191,7 +195,7 @@ func TestForwarderFloodStaysWithinCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	bw := bufio.NewWriterSize(wr, 64<<10)
 	const n = 300000 // 21.6 MB
 	var written int64
@@ -221,7 +225,7 @@ func TestForwarderExitsWhenTheWriterCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatal("forwarder not running after spawn")
 	}
@@ -230,7 +234,9 @@ func TestForwarderExitsWhenTheWriterCloses(t *testing.T) {
 	if err != nil || sid != pid {
 		t.Fatalf("forwarder's session %d (%v), want its own (%d)", sid, err, pid)
 	}
-	fmt.Fprintln(wr, "last words")
+	if _, err := fmt.Fprintln(wr, "last words"); err != nil {
+		t.Fatal(err)
+	}
 	wr.Close()
 	waitGone(t, pid)
 	if got := readAll(t, path); got != "last words\n" {
@@ -265,7 +271,7 @@ func TestForwarderFullDiskDropsWithoutBlocking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	filler := filepath.Join(dir, "filler")
 	fill(t, filler)
 
@@ -308,7 +314,9 @@ func TestForwarderFullDiskDropsWithoutBlocking(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintln(wr, "space is back")
+	if _, err := fmt.Fprintln(wr, "space is back"); err != nil {
+		t.Fatal(err)
+	}
 	wr.Close()
 	waitGone(t, pid)
 	got := readAll(t, path)
@@ -354,7 +362,9 @@ func TestReaderFollowsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	fmt.Fprintln(w, "first")
+	if _, err := fmt.Fprintln(w, "first"); err != nil {
+		t.Fatal(err)
+	}
 	r, err := OpenReader(path)
 	if err != nil {
 		t.Fatal(err)
@@ -398,7 +408,7 @@ func TestForwarderAsAVMMsOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	cmd := exec.Command("sh", "-c", "yes 'console output' | head -n 1000000; echo 'vmm exiting' >&2")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

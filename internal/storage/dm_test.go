@@ -43,7 +43,6 @@ type fakeHost struct {
 	cmds    []string
 	stdin   map[string]string
 	dm      map[string]string // name -> table as dmsetup prints it
-	loops   []string          // "NAME BACK-FILE"
 	nextLo  int
 	failOn  string
 	outputs map[string]string

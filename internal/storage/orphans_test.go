@@ -27,14 +27,19 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 	t.Cleanup(func() { storagetest.Leaks(t, dir) })
 	loopOf := func(vm string) string {
 		p := filepath.Join(s.VMsDir, vm, "root.cow")
-		os.MkdirAll(filepath.Dir(p), 0o700)
-		os.WriteFile(p, make([]byte, 1<<20), 0o600)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		out, err := exec.Command("losetup", "--find", "--show", p).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
 		dev := strings.TrimSpace(string(out))
-		t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+		// Fails once RemoveOrphans has detached it; Leaks checks what is left.
+		t.Cleanup(func() { _ = exec.Command("losetup", "--detach", dev).Run() })
 		return dev
 	}
 	gone := loopOf("deadbeef-gone")
@@ -42,7 +47,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 
 	// A crashed qcow2 grow: the daemon and its FUSE mount are still there.
 	img := filepath.Join(s.ImagesDir, "i", "rootfs.ext4")
-	os.MkdirAll(filepath.Dir(img), 0o700)
+	if err := os.MkdirAll(filepath.Dir(img), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
@@ -51,7 +58,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 		t.Fatalf("%v %s", err, out)
 	}
 	view := overlay + ".grow-view"
-	os.WriteFile(view, nil, 0o600)
+	if err := os.WriteFile(view, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("qemu-storage-daemon", "--blockdev", "driver=file,node-name=file0,filename="+overlay,
 		"--blockdev", "driver=qcow2,node-name=disk0,file=file0",
 		"--export", "type=fuse,id=grow0,node-name=disk0,mountpoint="+view+",writable=on",
