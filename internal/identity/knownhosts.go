@@ -84,12 +84,17 @@ func pinsAny(line string, drop map[string]bool) bool {
 	return false
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	defer func() {
+		// Gone after the rename; left behind only when a step failed.
+		if rerr := os.Remove(tmp.Name()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
@@ -189,6 +194,6 @@ func withPinsLock(path string, create bool, fn func() error) error {
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", dir, err)
 	}
-	defer syscall.Flock(int(d.Fd()), syscall.LOCK_UN)
+	// Closing d (deferred above) releases the lock.
 	return fn()
 }
