@@ -162,7 +162,9 @@ func TestModesIgnoreUmask(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2000; i++ {
-		fmt.Fprintf(w, "line %d\n", i) // rotates several times
+		if _, err := fmt.Fprintf(w, "line %d\n", i); err != nil { // rotates several times
+			t.Fatal(err)
+		}
 	}
 	w.Close()
 	for _, p := range []string{path, Rotated(path)} {
@@ -380,12 +382,16 @@ func TestReaderFollowsRotation(t *testing.T) {
 	// Rotate once (the reader is at the end of what became vm.log.1),
 	// then write past it: a follower sees every line, in order.
 	for i := 0; i < 100; i++ {
-		fmt.Fprintf(w, "line %02d %s\n", i, strings.Repeat("z", 50))
+		if _, err := fmt.Fprintf(w, "line %02d %s\n", i, strings.Repeat("z", 50)); err != nil {
+			t.Fatal(err)
+		}
 		if i%30 == 0 {
 			drain()
 		}
 	}
-	fmt.Fprintln(w, "last")
+	if _, err := fmt.Fprintln(w, "last"); err != nil {
+		t.Fatal(err)
+	}
 	drain()
 	lines := strings.Split(strings.TrimSuffix(got.String(), "\n"), "\n")
 	if lines[0] != "first" || lines[len(lines)-1] != "last" || len(lines) != 102 {

@@ -97,7 +97,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 	if again, _ := storage.FindOrphans(ctx, storage.Options{}, s, []string{"cafe0000-kept"}); len(again) != 0 {
 		t.Fatalf("orphans after removal: %v", again)
 	}
-	exec.Command("losetup", "--detach", kept).Run()
+	if err := exec.Command("losetup", "--detach", kept).Run(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestQCOW2GrownLayerReusedAndCleaned: the second disk of a size reuses
@@ -111,8 +113,12 @@ func TestQCOW2GrownLayerReusedAndCleaned(t *testing.T) {
 	s := storage.Scope{VMsDir: filepath.Join(dir, "vms"), ImagesDir: filepath.Join(dir, "images"), CacheDir: filepath.Join(dir, "cache")}
 	o := storage.Options{CacheDir: s.CacheDir}
 	img := filepath.Join(s.ImagesDir, "rootfs.ext4")
-	os.MkdirAll(s.ImagesDir, 0o700)
-	os.MkdirAll(s.VMsDir, 0o700)
+	if err := os.MkdirAll(s.ImagesDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(s.VMsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "32M").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
@@ -142,12 +148,16 @@ func TestQCOW2GrownLayerReusedAndCleaned(t *testing.T) {
 	if orphans, err := storage.FindOrphans(ctx, o, s, []string{"a", "b"}); err != nil || len(orphans) != 0 {
 		t.Fatalf("orphans while the image exists: %v %v", orphans, err)
 	}
-	os.Rename(img, img+".moved")
+	if err := os.Rename(img, img+".moved"); err != nil {
+		t.Fatal(err)
+	}
 	orphans, err := storage.FindOrphans(ctx, o, s, nil)
 	if err != nil || len(orphans) != 1 || orphans[0].Kind != "grown-layer" {
 		t.Fatalf("orphans once the image is gone: %v %v", orphans, err)
 	}
-	os.Rename(img+".moved", img)
+	if err := os.Rename(img+".moved", img); err != nil {
+		t.Fatal(err)
+	}
 	if err := storage.RemoveImageLayers(o, img); err != nil {
 		t.Fatal(err)
 	}

@@ -119,7 +119,9 @@ func main() {
 					os.Exit(1)
 				}
 				fmt.Printf("| qcow2, first VM of the size (makes the layer) | %d GiB | %d GiB | %s | | | |\n", gib, c.size>>30, ms(time.Since(t0)))
-				os.Remove(dst)
+				if err := os.Remove(dst); err != nil {
+					panic(err)
+				}
 				t0 = time.Now()
 				dst = filepath.Join(*xfs, "vm.disk")
 				if err := reflinkCached(ctx, imgs[*xfs], dst, c.size); err != nil {
@@ -127,7 +129,9 @@ func main() {
 					os.Exit(1)
 				}
 				fmt.Printf("| reflink, first VM of the size (makes the clone) | %d GiB | %d GiB | %s | | | |\n", gib, c.size>>30, ms(time.Since(t0)))
-				os.Remove(dst)
+				if err := os.Remove(dst); err != nil {
+					panic(err)
+				}
 			}
 			for r := 0; r < *rounds; r++ {
 				// Alternate: rotate the order every round.
