@@ -123,7 +123,9 @@ func TestWriterReopensWithinCap(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		w.Close()
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 		if s := logSize(t, path); s > limit {
 			t.Fatalf("round %d: %d bytes, cap %d", round, s, limit)
 		}
@@ -166,7 +168,9 @@ func TestModesIgnoreUmask(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	w.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []string{path, Rotated(path)} {
 		st, err := os.Stat(p)
 		if err != nil {
