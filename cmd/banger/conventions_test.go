@@ -83,7 +83,7 @@ func TestArgumentCountsAreUsageErrors(t *testing.T) {
 func TestUnknownSubcommandNamesTheClosest(t *testing.T) {
 	for args, want := range map[string]string{
 		"vm lst":              "did you mean 'banger vm list'?",
-		"vm strat web":        "did you mean 'banger vm start'?",
+		"vm strat web":        "did you mean 'banger vm start'?", //nolint:misspell // deliberate typo: tests the did-you-mean hint
 		"image biuld":         "did you mean 'banger image build'?",
 		"imgae list":          "did you mean 'banger image'?",
 		"vm frobnicate w1 f1": "see 'banger vm --help'",
@@ -114,7 +114,7 @@ func readmeExitCodes(t *testing.T) map[errdefs.Class]int {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	row := regexp.MustCompile("^\\|\\s*(\\d+)\\s*\\|[^|]*\\|([^|]*)\\|\\s*$")
+	row := regexp.MustCompile(`^\|\s*(\d+)\s*\|[^|]*\|([^|]*)\|\s*$`)
 	class := regexp.MustCompile("`([a-z_]+)`")
 	out := map[errdefs.Class]int{}
 	sc := bufio.NewScanner(f)

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -107,8 +108,8 @@ func TestProxyCopy(t *testing.T) {
 func TestProxyRejectsWhatTheAgentRejects(t *testing.T) {
 	c := cliThroughProxy(t)
 	_, _, err := c.SSH().OpenChannel("direct-tcpip", nil)
-	oe, ok := err.(*ssh.OpenChannelError)
-	if !ok || oe.Reason != ssh.UnknownChannelType {
+	var oe *ssh.OpenChannelError
+	if !errors.As(err, &oe) || oe.Reason != ssh.UnknownChannelType {
 		t.Fatalf("err = %v, want the agent's unknown channel type refusal", err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -37,9 +36,10 @@ const guestGroup = "root:x:0:\nnogroup:x:65534:\n"
 // buildAgent builds cmd/banger-agent static into dir.
 func buildAgent(t *testing.T, dir string) string {
 	t.Helper()
+	// go test puts its own GOROOT/bin first in the test's PATH.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("the go command is needed to build banger-agent: %v", err)
 	}
 	out := filepath.Join(dir, "banger-agent")
 	cmd := exec.Command(goBin, "build", "-o", out, "github.com/banger-vm/banger/cmd/banger-agent")

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -137,7 +138,9 @@ func writePrivateFile(path string, data []byte) (err error) {
 	defer func() {
 		if err != nil {
 			tmp.Close()
-			os.Remove(tmp.Name())
+			if rerr := os.Remove(tmp.Name()); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 		}
 	}()
 	if err = tmp.Chmod(0o600); err != nil {

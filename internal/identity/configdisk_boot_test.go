@@ -3,6 +3,7 @@ package identity
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,7 +68,9 @@ func bootImage(t *testing.T, ctx context.Context, img testimage.Image, mutate fu
 			t.Fatal(err)
 		}
 	}
-	os.Remove(filepath.Join(root, "etc/resolv.conf"))
+	if err := os.Remove(filepath.Join(root, "etc/resolv.conf")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	if err := os.Symlink("../run/systemd/resolve/stub.txt", filepath.Join(root, "etc/resolv.conf")); err != nil {
 		t.Fatal(err)
 	}
@@ -295,8 +298,12 @@ func TestConfigDiskBoot(t *testing.T) {
 
 	t.Run("refuses to write through a symlink in the image", func(t *testing.T) {
 		evil := bootImage(t, ctx, img, func(root string) {
-			os.RemoveAll(filepath.Join(root, "etc/ssh"))
-			os.MkdirAll(filepath.Join(root, "var/evil"), 0o755)
+			if err := os.RemoveAll(filepath.Join(root, "etc/ssh")); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(root, "var/evil"), 0o755); err != nil {
+				t.Fatal(err)
+			}
 			if err := os.Symlink("../var/evil", filepath.Join(root, "etc/ssh")); err != nil {
 				t.Fatal(err)
 			}

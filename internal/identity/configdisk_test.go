@@ -32,7 +32,7 @@ func readConfigDisk(t *testing.T, data []byte) (meta, content map[string]string,
 	r := cpio.NewReader(bytes.NewReader(data[512:]))
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -222,8 +222,12 @@ func BenchmarkWriteConfigDisk(b *testing.B) {
 		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nbanger:x:1000:1000::/home/banger:/bin/sh\n",
 		"etc/hosts":  "127.0.0.1\tlocalhost\n",
 	} {
-		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
-		os.WriteFile(filepath.Join(root, p), []byte(data), 0o644)
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(data), 0o644); err != nil {
+			b.Fatal(err)
+		}
 	}
 	img := filepath.Join(b.TempDir(), "root.ext4")
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img, "64M").CombinedOutput(); err != nil {

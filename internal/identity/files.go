@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -109,7 +110,7 @@ func Files(id Identity, img ImageFacts) ([]File, error) {
 
 // readImage reads the account of user and /etc/hosts from the ext4 image at
 // diskPath without writing to it.
-func readImage(ctx context.Context, diskPath, workDir, user string) (account, []byte, error) {
+func readImage(ctx context.Context, diskPath, workDir, user string) (_ account, _ []byte, err error) {
 	if err := checkExtImage(diskPath); err != nil {
 		return account{}, nil, err
 	}
@@ -120,7 +121,7 @@ func readImage(ctx context.Context, diskPath, workDir, user string) (account, []
 	if err != nil {
 		return account{}, nil, err
 	}
-	defer os.RemoveAll(work)
+	defer func() { err = errors.Join(err, removeWork(work)) }()
 	d, err := newDebugfs(diskPath, work)
 	if err != nil {
 		return account{}, nil, err

@@ -140,7 +140,7 @@ func PinnedAlgorithms(path string, hosts []string) []string {
 	}
 	for len(data) > 0 {
 		marker, hs, key, _, rest, err := ssh.ParseKnownHosts(data)
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -117,7 +117,7 @@ func (id Identity) validate() error {
 // directory; empty means os.TempDir(), for tests) and removed on return.
 // Give it the VM's own directory, so that a crash leaves them there, not
 // in /tmp.
-func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) error {
+func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) (err error) {
 	if err := id.validate(); err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) e
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	defer func() { err = errors.Join(err, removeWork(work)) }()
 	d, err := newDebugfs(diskPath, work)
 	if err != nil {
 		return err
@@ -180,7 +180,7 @@ func ApplyIdentity(ctx context.Context, diskPath, workDir string, id Identity) e
 // imported image of another kind), the reason says why and banger falls
 // back to trusting the guest's host key on first use. Its temporary files
 // go under workDir, as ApplyIdentity's.
-func CanApplyIdentity(ctx context.Context, diskPath, workDir, user string) (bool, string) {
+func CanApplyIdentity(ctx context.Context, diskPath, workDir, user string) (_ bool, why string) {
 	if !userRE.MatchString(user) {
 		return false, fmt.Sprintf("user %q is not a valid account name", user)
 	}
@@ -194,7 +194,11 @@ func CanApplyIdentity(ctx context.Context, diskPath, workDir, user string) (bool
 	if err != nil {
 		return false, err.Error()
 	}
-	defer os.RemoveAll(work)
+	defer func() {
+		if err := removeWork(work); err != nil {
+			why += " (" + err.Error() + ")"
+		}
+	}()
 	d, err := newDebugfs(diskPath, work)
 	if err != nil {
 		return false, err.Error()
@@ -570,4 +574,13 @@ func NetworkConfig(id Identity) []byte {
 	}
 	b.WriteString("DHCP=no\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n")
 	return []byte(b.String())
+}
+
+// removeWork removes a scratch directory made under workDir; what cannot be
+// removed is reported by the caller, never silent.
+func removeWork(work string) error {
+	if err := os.RemoveAll(work); err != nil {
+		return fmt.Errorf("remove scratch directory %q: %w", work, err)
+	}
+	return nil
 }

@@ -387,13 +387,17 @@ func TestCanApplyIdentity(t *testing.T) {
 	}
 
 	empty := t.TempDir()
-	os.Mkdir(filepath.Join(empty, "etc"), 0o755)
+	if err := os.Mkdir(filepath.Join(empty, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if ok, reason := CanApplyIdentity(ctx, mkImage(t, empty), "", "banger"); ok || !strings.Contains(reason, "/etc/passwd") {
 		t.Fatalf("image without /etc/passwd: %v %q", ok, reason)
 	}
 
 	notExt := filepath.Join(t.TempDir(), "disk.raw")
-	os.WriteFile(notExt, make([]byte, 1<<20), 0o644)
+	if err := os.WriteFile(notExt, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if ok, reason := CanApplyIdentity(ctx, notExt, "", "banger"); ok || !strings.Contains(reason, "not an ext4") {
 		t.Fatalf("non-ext4 disk: %v %q", ok, reason)
 	}
@@ -407,7 +411,9 @@ func TestCheckExtImage(t *testing.T) {
 		binary.LittleEndian.PutUint16(b[extSuperblock+0x38:], magic)
 		binary.LittleEndian.PutUint32(b[extSuperblock+0x60:], incompat)
 		p := filepath.Join(dir, name)
-		os.WriteFile(p, b, 0o644)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		return p
 	}
 	if err := checkExtImage(write("ok", extMagic, 0x2|0x40)); err != nil {
@@ -423,7 +429,9 @@ func TestCheckExtImage(t *testing.T) {
 		}
 	}
 	short := filepath.Join(dir, "short")
-	os.WriteFile(short, []byte("x"), 0o644)
+	if err := os.WriteFile(short, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := checkExtImage(short); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("short: %v", err)
 	}

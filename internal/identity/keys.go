@@ -62,7 +62,7 @@ func loadClientKey(path string) (ssh.Signer, error) {
 // createClientKey writes a new key without ever clobbering one: the file is
 // written aside and hard-linked into place, so a concurrent creator's key
 // wins and is the one returned.
-func createClientKey(path string) (ssh.Signer, error) {
+func createClientKey(path string) (_ ssh.Signer, err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create ssh client key: %w", err)
@@ -79,7 +79,11 @@ func createClientKey(path string) (ssh.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create ssh client key: %w", err)
 	}
-	defer os.Remove(tmp.Name())
+	defer func() { // linked into place or failed: the temporary name goes
+		if rerr := os.Remove(tmp.Name()); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	_, err = tmp.Write(pem.EncodeToMemory(block))
 	if cerr := tmp.Close(); err == nil {
 		err = cerr

@@ -47,7 +47,9 @@ func TestEnsureClientKey(t *testing.T) {
 	if _, _, err := EnsureClientKey(path); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("0644 key: %v", err)
 	}
-	os.Chmod(path, 0o600)
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	// Not a key: refused, not replaced.
 	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {

@@ -8,6 +8,7 @@ package identity
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,12 +84,17 @@ func pinsAny(line string, drop map[string]bool) bool {
 	return false
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
+	defer func() {
+		// Gone after the rename; left behind only when a step failed.
+		if rerr := os.Remove(tmp.Name()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+	}()
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
@@ -181,13 +187,13 @@ func withPinsLock(path string, create bool, fn func() error) error {
 	defer d.Close()
 	for {
 		err = syscall.Flock(int(d.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
+		if !errors.Is(err, syscall.EINTR) {
 			break
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", dir, err)
 	}
-	defer syscall.Flock(int(d.Fd()), syscall.LOCK_UN)
+	// Closing d (deferred above) releases the lock.
 	return fn()
 }

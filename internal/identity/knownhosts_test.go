@@ -36,7 +36,9 @@ func TestRemovePins(t *testing.T) {
 
 func TestPinnedHosts(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "known_hosts")
-	os.WriteFile(p, []byte("# c\n172.30.0.2,web ssh-ed25519 AAAA\n[172.30.0.3]:2222 ssh-ed25519 BBBB\n"), 0o600)
+	if err := os.WriteFile(p, []byte("# c\n172.30.0.2,web ssh-ed25519 AAAA\n[172.30.0.3]:2222 ssh-ed25519 BBBB\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	got, err := PinnedHosts(p)
 	if err != nil || strings.Join(got, " ") != "172.30.0.2 web [172.30.0.3]:2222" {
 		t.Fatalf("PinnedHosts = %v, %v", got, err)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -84,8 +85,8 @@ func readHead(path string, n int) ([]byte, error) {
 	}
 	buf := make([]byte, n)
 	k, err := io.ReadFull(f, buf)
-	if err != nil && err != io.ErrUnexpectedEOF {
-		if err == io.EOF {
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("file is empty")
 		}
 		return nil, err

@@ -52,7 +52,9 @@ func SpawnForwarder(cfg ForwarderConfig) (*os.File, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	w.Close()
+	if err := w.Close(); err != nil {
+		return nil, 0, err
+	}
 
 	r, wr, err := os.Pipe() // both ends close-on-exec
 	if err != nil {
@@ -78,12 +80,12 @@ func SpawnForwarder(cfg ForwarderConfig) (*os.File, int, error) {
 
 // Forward copies r into the capped log at path until r ends. It never
 // stops reading while r is open: what cannot be written is dropped.
-func Forward(r io.Reader, path string, limit int64) error {
+func Forward(r io.Reader, path string, limit int64) (err error) {
 	w, err := Open(path, limit)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
+	defer func() { err = errors.Join(err, w.Close()) }()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := r.Read(buf)

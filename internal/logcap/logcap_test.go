@@ -94,7 +94,9 @@ func TestWriterKeepsLatestWithinCap(t *testing.T) {
 	}
 	const n = 20000 // about 1.4 MB through a 64 KiB cap
 	for i := 0; i < n; i++ {
-		fmt.Fprintf(w, "line %08d %s\n", i, strings.Repeat("x", 60))
+		if _, err := fmt.Fprintf(w, "line %08d %s\n", i, strings.Repeat("x", 60)); err != nil {
+			t.Fatal(err)
+		}
 		if s := logSize(t, path); i%1000 == 0 && s > limit {
 			t.Fatalf("after %d lines the log takes %d bytes, cap %d", i, s, limit)
 		}
@@ -117,9 +119,13 @@ func TestWriterReopensWithinCap(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 0; i < 200; i++ {
-			fmt.Fprintf(w, "round %d line %d\n", round, i)
+			if _, err := fmt.Fprintf(w, "round %d line %d\n", round, i); err != nil {
+				t.Fatal(err)
+			}
 		}
-		w.Close()
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 		if s := logSize(t, path); s > limit {
 			t.Fatalf("round %d: %d bytes, cap %d", round, s, limit)
 		}
@@ -158,9 +164,13 @@ func TestModesIgnoreUmask(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2000; i++ {
-		fmt.Fprintf(w, "line %d\n", i) // rotates several times
+		if _, err := fmt.Fprintf(w, "line %d\n", i); err != nil { // rotates several times
+			t.Fatal(err)
+		}
 	}
-	w.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []string{path, Rotated(path)} {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -191,7 +201,7 @@ func TestForwarderFloodStaysWithinCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	bw := bufio.NewWriterSize(wr, 64<<10)
 	const n = 300000 // 21.6 MB
 	var written int64
@@ -221,7 +231,7 @@ func TestForwarderExitsWhenTheWriterCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatal("forwarder not running after spawn")
 	}
@@ -230,7 +240,9 @@ func TestForwarderExitsWhenTheWriterCloses(t *testing.T) {
 	if err != nil || sid != pid {
 		t.Fatalf("forwarder's session %d (%v), want its own (%d)", sid, err, pid)
 	}
-	fmt.Fprintln(wr, "last words")
+	if _, err := fmt.Fprintln(wr, "last words"); err != nil {
+		t.Fatal(err)
+	}
 	wr.Close()
 	waitGone(t, pid)
 	if got := readAll(t, path); got != "last words\n" {
@@ -265,7 +277,7 @@ func TestForwarderFullDiskDropsWithoutBlocking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	filler := filepath.Join(dir, "filler")
 	fill(t, filler)
 
@@ -308,7 +320,9 @@ func TestForwarderFullDiskDropsWithoutBlocking(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintln(wr, "space is back")
+	if _, err := fmt.Fprintln(wr, "space is back"); err != nil {
+		t.Fatal(err)
+	}
 	wr.Close()
 	waitGone(t, pid)
 	got := readAll(t, path)
@@ -354,7 +368,9 @@ func TestReaderFollowsRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	fmt.Fprintln(w, "first")
+	if _, err := fmt.Fprintln(w, "first"); err != nil {
+		t.Fatal(err)
+	}
 	r, err := OpenReader(path)
 	if err != nil {
 		t.Fatal(err)
@@ -370,12 +386,16 @@ func TestReaderFollowsRotation(t *testing.T) {
 	// Rotate once (the reader is at the end of what became vm.log.1),
 	// then write past it: a follower sees every line, in order.
 	for i := 0; i < 100; i++ {
-		fmt.Fprintf(w, "line %02d %s\n", i, strings.Repeat("z", 50))
+		if _, err := fmt.Fprintf(w, "line %02d %s\n", i, strings.Repeat("z", 50)); err != nil {
+			t.Fatal(err)
+		}
 		if i%30 == 0 {
 			drain()
 		}
 	}
-	fmt.Fprintln(w, "last")
+	if _, err := fmt.Fprintln(w, "last"); err != nil {
+		t.Fatal(err)
+	}
 	drain()
 	lines := strings.Split(strings.TrimSuffix(got.String(), "\n"), "\n")
 	if lines[0] != "first" || lines[len(lines)-1] != "last" || len(lines) != 102 {
@@ -398,7 +418,7 @@ func TestForwarderAsAVMMsOutput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) }) // ESRCH once it has exited
 	cmd := exec.Command("sh", "-c", "yes 'console output' | head -n 1000000; echo 'vmm exiting' >&2")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

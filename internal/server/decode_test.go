@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -147,7 +148,8 @@ func dial(t *testing.T, sock string) net.Conn {
 func closedByServer(t *testing.T, c net.Conn) string {
 	t.Helper()
 	b, err := io.ReadAll(c)
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("the server kept the connection open (read %q)", b)
 	}
 	return string(b)

@@ -98,14 +98,15 @@ func fsName(dir string) string {
 }
 
 // probeReflink clones a scratch file in dir: the only reliable test (XFS
-// made without reflink=1 has the same magic as one made with it).
-func probeReflink(dir string) (bool, string) {
+// made without reflink=1 has the same magic as one made with it). A scratch
+// file it cannot remove is named in the reason, which doctor shows.
+func probeReflink(dir string) (ok bool, why string) {
 	fs := fsName(dir)
 	src, err := os.CreateTemp(dir, ".reflink-probe-*")
 	if err != nil {
 		return false, fmt.Sprintf("cannot probe reflink in %q: %v", dir, err)
 	}
-	defer os.Remove(src.Name())
+	defer removeScratch(src.Name(), &why)
 	defer src.Close()
 	if _, err := src.Write([]byte("banger reflink probe")); err != nil {
 		return false, fmt.Sprintf("cannot probe reflink in %q: %v", dir, err)
@@ -115,12 +116,20 @@ func probeReflink(dir string) (bool, string) {
 	if err != nil {
 		return false, fmt.Sprintf("cannot probe reflink in %q: %v", dir, err)
 	}
-	defer os.Remove(dstPath)
+	defer removeScratch(dstPath, &why)
 	defer dst.Close()
 	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
 		return false, fmt.Sprintf("%s under %s has no reflink (FICLONE: %v)", fs, dir, err)
 	}
 	return true, fmt.Sprintf("%s under %s clones files (FICLONE)", fs, dir)
+}
+
+// removeScratch removes a probe's scratch file; a failure is appended to
+// the probe's reason rather than lost.
+func removeScratch(path string, why *string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		*why += fmt.Sprintf(" (scratch file %q left behind: %v)", path, err)
+	}
 }
 
 // Offer is one strategy's availability on this host for a VMM.

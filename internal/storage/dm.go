@@ -97,7 +97,9 @@ func (m *DMSnapshot) Create(ctx context.Context, d Disk) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			os.Remove(d.Path)
+			if rerr := os.Remove(d.Path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				m.opts.log().Warn("remove vm cow file after failed create", "vm", d.VMID, "path", d.Path, "err", rerr)
+			}
 		}
 	}()
 	err = errors.Join(f.Chmod(0o600), f.Truncate(cowBytes(d.Size)), f.Close())

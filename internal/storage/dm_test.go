@@ -43,7 +43,6 @@ type fakeHost struct {
 	cmds    []string
 	stdin   map[string]string
 	dm      map[string]string // name -> table as dmsetup prints it
-	loops   []string          // "NAME BACK-FILE"
 	nextLo  int
 	failOn  string
 	outputs map[string]string
@@ -240,7 +239,9 @@ func TestDMCreateMakesSparseCOW(t *testing.T) {
 	f := newFake()
 	m := &DMSnapshot{opts: Options{Run: f.run}}
 	d := dmDisk(t, 1<<30, 1<<30)
-	os.Remove(d.Path)
+	if err := os.Remove(d.Path); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.Create(context.Background(), d); err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +256,9 @@ func TestDMCreateMakesSparseCOW(t *testing.T) {
 		t.Fatal("create over an existing cow file succeeded")
 	}
 	odd := dmDisk(t, 1<<20, 1<<20+100)
-	os.Remove(odd.Path)
+	if err := os.Remove(odd.Path); err != nil {
+		t.Fatal(err)
+	}
 	if err := m.Create(context.Background(), odd); err == nil {
 		t.Fatal("a disk size that is not a multiple of 512 was accepted")
 	}

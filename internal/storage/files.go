@@ -59,7 +59,9 @@ func (r *ReflinkDisk) grownBase(ctx context.Context, d Disk) (string, error) {
 	}
 	tmpName := tmp.Name()
 	tmp.Close()
-	os.Remove(tmpName)
+	if err := os.Remove(tmpName); err != nil { // only its unique name was wanted
+		return "", err
+	}
 	err = makeRawDisk(ctx, Disk{VMID: d.VMID, Image: d.Image, Path: tmpName, Size: d.Size}, true)
 	if err == nil {
 		err = unix.Setxattr(tmpName, layerImageXattr, []byte(d.Image), 0)
@@ -71,8 +73,7 @@ func (r *ReflinkDisk) grownBase(ctx context.Context, d Disk) (string, error) {
 		err = os.Rename(tmpName, name)
 	}
 	if err != nil {
-		os.Remove(tmpName)
-		return "", fmt.Errorf("grow image %q to %d bytes: %w", d.Image, d.Size, err)
+		return "", withRemoved(fmt.Errorf("grow image %q to %d bytes: %w", d.Image, d.Size, err), tmpName)
 	}
 	r.opts.log().Info("grown image clone cached", "image", d.Image, "size", d.Size, "path", name)
 	return name, nil
@@ -129,7 +130,7 @@ func makeRawDisk(ctx context.Context, d Disk, reflink bool) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			os.Remove(d.Path)
+			err = withRemoved(err, d.Path)
 		}
 	}()
 	if d.Size == imgSize {
@@ -139,6 +140,15 @@ func makeRawDisk(ctx context.Context, d Disk, reflink bool) (err error) {
 		return fmt.Errorf("grow vm disk: %w", err)
 	}
 	return growExt4(ctx, d.Path)
+}
+
+// withRemoved removes path, which a failed step left behind, and returns
+// err with any failure to remove it joined: a leftover is never silent.
+func withRemoved(err error, path string) error {
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return errors.Join(err, fmt.Errorf("remove %q after the failure: %w", path, rerr))
+	}
+	return err
 }
 
 // cloneFile makes dst (new, with mode) a copy of src: FICLONE when reflink,
@@ -162,7 +172,7 @@ func cloneFile(ctx context.Context, src, dst string, reflink bool, mode os.FileM
 			err = cerr
 		}
 		if err != nil {
-			os.Remove(dst)
+			err = withRemoved(err, dst)
 		}
 	}()
 	if err := out.Chmod(mode); err != nil { // whatever the umask said

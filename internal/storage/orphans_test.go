@@ -27,14 +27,19 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 	t.Cleanup(func() { storagetest.Leaks(t, dir) })
 	loopOf := func(vm string) string {
 		p := filepath.Join(s.VMsDir, vm, "root.cow")
-		os.MkdirAll(filepath.Dir(p), 0o700)
-		os.WriteFile(p, make([]byte, 1<<20), 0o600)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		out, err := exec.Command("losetup", "--find", "--show", p).Output()
 		if err != nil {
 			t.Fatal(err)
 		}
 		dev := strings.TrimSpace(string(out))
-		t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+		// Fails once RemoveOrphans has detached it; Leaks checks what is left.
+		t.Cleanup(func() { _ = exec.Command("losetup", "--detach", dev).Run() })
 		return dev
 	}
 	gone := loopOf("deadbeef-gone")
@@ -42,7 +47,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 
 	// A crashed qcow2 grow: the daemon and its FUSE mount are still there.
 	img := filepath.Join(s.ImagesDir, "i", "rootfs.ext4")
-	os.MkdirAll(filepath.Dir(img), 0o700)
+	if err := os.MkdirAll(filepath.Dir(img), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
@@ -51,7 +58,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 		t.Fatalf("%v %s", err, out)
 	}
 	view := overlay + ".grow-view"
-	os.WriteFile(view, nil, 0o600)
+	if err := os.WriteFile(view, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("qemu-storage-daemon", "--blockdev", "driver=file,node-name=file0,filename="+overlay,
 		"--blockdev", "driver=qcow2,node-name=disk0,file=file0",
 		"--export", "type=fuse,id=grow0,node-name=disk0,mountpoint="+view+",writable=on",
@@ -88,7 +97,9 @@ func TestOrphansFoundAndRemoved(t *testing.T) {
 	if again, _ := storage.FindOrphans(ctx, storage.Options{}, s, []string{"cafe0000-kept"}); len(again) != 0 {
 		t.Fatalf("orphans after removal: %v", again)
 	}
-	exec.Command("losetup", "--detach", kept).Run()
+	if err := exec.Command("losetup", "--detach", kept).Run(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestQCOW2GrownLayerReusedAndCleaned: the second disk of a size reuses
@@ -102,8 +113,12 @@ func TestQCOW2GrownLayerReusedAndCleaned(t *testing.T) {
 	s := storage.Scope{VMsDir: filepath.Join(dir, "vms"), ImagesDir: filepath.Join(dir, "images"), CacheDir: filepath.Join(dir, "cache")}
 	o := storage.Options{CacheDir: s.CacheDir}
 	img := filepath.Join(s.ImagesDir, "rootfs.ext4")
-	os.MkdirAll(s.ImagesDir, 0o700)
-	os.MkdirAll(s.VMsDir, 0o700)
+	if err := os.MkdirAll(s.ImagesDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(s.VMsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "32M").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
@@ -133,12 +148,16 @@ func TestQCOW2GrownLayerReusedAndCleaned(t *testing.T) {
 	if orphans, err := storage.FindOrphans(ctx, o, s, []string{"a", "b"}); err != nil || len(orphans) != 0 {
 		t.Fatalf("orphans while the image exists: %v %v", orphans, err)
 	}
-	os.Rename(img, img+".moved")
+	if err := os.Rename(img, img+".moved"); err != nil {
+		t.Fatal(err)
+	}
 	orphans, err := storage.FindOrphans(ctx, o, s, nil)
 	if err != nil || len(orphans) != 1 || orphans[0].Kind != "grown-layer" {
 		t.Fatalf("orphans once the image is gone: %v %v", orphans, err)
 	}
-	os.Rename(img+".moved", img)
+	if err := os.Rename(img+".moved", img); err != nil {
+		t.Fatal(err)
+	}
 	if err := storage.RemoveImageLayers(o, img); err != nil {
 		t.Fatal(err)
 	}

@@ -87,8 +87,7 @@ func (q *QCOW2) Create(ctx context.Context, d Disk) (err error) {
 	}
 	if d.Size > imgSize && q.opts.CacheDir == "" {
 		if err := q.grow(ctx, d.Path); err != nil {
-			os.Remove(d.Path)
-			return err
+			return withRemoved(err, d.Path)
 		}
 	}
 	return nil
@@ -109,8 +108,7 @@ func newOverlay(path, backing string, format Format, size int64) (err error) {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("write qcow2 overlay %q: %w", path, err)
+		return withRemoved(fmt.Errorf("write qcow2 overlay %q: %w", path, err), path)
 	}
 	return nil
 }
@@ -144,7 +142,9 @@ func (q *QCOW2) grownBase(ctx context.Context, image string, size int64) (string
 	}
 	tmpName := tmp.Name()
 	tmp.Close()
-	os.Remove(tmpName)
+	if err := os.Remove(tmpName); err != nil { // only its unique name was wanted
+		return "", err
+	}
 	if err := newOverlay(tmpName, image, FormatRaw, size); err != nil {
 		return "", err
 	}
@@ -156,8 +156,7 @@ func (q *QCOW2) grownBase(ctx context.Context, image string, size int64) (string
 		err = os.Rename(tmpName, name)
 	}
 	if err != nil {
-		os.Remove(tmpName)
-		return "", fmt.Errorf("grow image %q to %d bytes: %w", image, size, err)
+		return "", withRemoved(fmt.Errorf("grow image %q to %d bytes: %w", image, size, err), tmpName)
 	}
 	q.opts.log().Info("grown image layer cached", "image", image, "size", size, "path", name)
 	return name, nil
@@ -219,7 +218,9 @@ func stopStorageDaemon(pid int) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("qemu-storage-daemon %d did not stop within 5s, and SIGKILL failed: %w", pid, err)
+	}
 	return fmt.Errorf("qemu-storage-daemon %d did not stop within 5s: killed", pid)
 }
 

@@ -38,7 +38,9 @@ func TestQCOW2Commands(t *testing.T) {
 func TestQCOW2RefusesRelativeImage(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "root.ext4")
-	os.WriteFile(img, make([]byte, 4096), 0o444)
+	if err := os.WriteFile(img, make([]byte, 4096), 0o444); err != nil {
+		t.Fatal(err)
+	}
 	wd, _ := os.Getwd()
 	rel, _ := filepath.Rel(wd, img)
 	q := &QCOW2{opts: Options{Run: func(context.Context, Cmd) ([]byte, error) { t.Fatal("ran a command"); return nil, nil }}}
@@ -98,7 +100,9 @@ func TestQCOW2Header(t *testing.T) {
 	if err := os.WriteFile(img, nil, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	os.Truncate(img, 1<<30)
+	if err := os.Truncate(img, 1<<30); err != nil {
+		t.Fatal(err)
+	}
 	q := &QCOW2{}
 	for i, size := range []int64{1 << 30, 3<<30 + 512, 16 << 30, 600 << 30} {
 		d := Disk{VMID: "v1", Image: img, Path: filepath.Join(dir, fmt.Sprintf("root%d.qcow2", i)), Size: size}
@@ -135,7 +139,9 @@ func TestQCOW2Header(t *testing.T) {
 		}
 		check(t, d.Path)
 		var st syscall.Stat_t
-		syscall.Stat(d.Path, &st)
+		if err := syscall.Stat(d.Path, &st); err != nil {
+			t.Fatal(err)
+		}
 		if st.Blocks*512 > 512<<10 {
 			t.Fatalf("a fresh overlay of %d bytes uses %d bytes", size, st.Blocks*512)
 		}

@@ -64,7 +64,9 @@ func TestSparseCopyKeepsDataAndHoles(t *testing.T) {
 func TestSparseCopyRefusesShrinkAndLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	os.WriteFile(src, make([]byte, 1<<20), 0o600)
+	if err := os.WriteFile(src, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	dst := filepath.Join(dir, "dst")
 	if err := (SparseCopy{}).Create(context.Background(), src, dst, 1<<19); err == nil || !strings.Contains(err.Error(), "smaller") {
 		t.Fatalf("shrink: %v", err)

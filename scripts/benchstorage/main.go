@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -54,7 +55,7 @@ func main() {
 		return func(ctx context.Context, img, dst string, size int64) error {
 			out, err := exec.CommandContext(ctx, name, args(img, dst, size)...).CombinedOutput()
 			if err != nil {
-				return fmt.Errorf("%s: %v: %s", name, err, out)
+				return fmt.Errorf("%s: %w: %s", name, err, out)
 			}
 			return nil
 		}
@@ -118,7 +119,9 @@ func main() {
 					os.Exit(1)
 				}
 				fmt.Printf("| qcow2, first VM of the size (makes the layer) | %d GiB | %d GiB | %s | | | |\n", gib, c.size>>30, ms(time.Since(t0)))
-				os.Remove(dst)
+				if err := os.Remove(dst); err != nil {
+					panic(err)
+				}
 				t0 = time.Now()
 				dst = filepath.Join(*xfs, "vm.disk")
 				if err := reflinkCached(ctx, imgs[*xfs], dst, c.size); err != nil {
@@ -126,7 +129,9 @@ func main() {
 					os.Exit(1)
 				}
 				fmt.Printf("| reflink, first VM of the size (makes the clone) | %d GiB | %d GiB | %s | | | |\n", gib, c.size>>30, ms(time.Since(t0)))
-				os.Remove(dst)
+				if err := os.Remove(dst); err != nil {
+					panic(err)
+				}
 			}
 			for r := 0; r < *rounds; r++ {
 				// Alternate: rotate the order every round.
@@ -146,13 +151,17 @@ func main() {
 					times[m.name] = append(times[m.name], time.Since(t0))
 					syncfs(m.dir)
 					var st unix.Stat_t
-					unix.Stat(dst, &st)
+					if err := unix.Stat(dst, &st); err != nil {
+						panic(err)
+					}
 					if m.dir == *xfs {
 						space[m.name] = free0 - free(m.dir)
 					} else {
 						space[m.name] = st.Blocks * 512
 					}
-					os.Remove(dst)
+					if err := os.Remove(dst); err != nil {
+						panic(err)
+					}
 				}
 			}
 			for _, m := range methods {
@@ -169,9 +178,16 @@ func main() {
 			}
 		}
 		for _, img := range imgs {
-			storage.RemoveImageLayers(storage.Options{CacheDir: filepath.Join(*ext4, "cache")}, img)
-			storage.RemoveImageLayers(storage.Options{CacheDir: filepath.Join(*xfs, "cache")}, img)
-			os.Remove(img)
+			// Leftovers are reported, not fatal: the figures are printed.
+			for _, err := range []error{
+				storage.RemoveImageLayers(storage.Options{CacheDir: filepath.Join(*ext4, "cache")}, img),
+				storage.RemoveImageLayers(storage.Options{CacheDir: filepath.Join(*xfs, "cache")}, img),
+				os.Remove(img),
+			} {
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "cleanup:", err)
+				}
+			}
 		}
 	}
 }
@@ -188,16 +204,23 @@ func human(b int64) string {
 	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
 }
 
+// syncfs flushes dir's filesystem, so one method's writeback is not
+// measured in the next one's time.
 func syncfs(dir string) {
-	if fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
-		unix.Syncfs(fd)
-		unix.Close(fd)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		panic(err)
+	}
+	if err := errors.Join(unix.Syncfs(fd), unix.Close(fd)); err != nil {
+		panic(err)
 	}
 }
 
 func free(dir string) int64 {
 	var st unix.Statfs_t
-	unix.Statfs(dir, &st)
+	if err := unix.Statfs(dir, &st); err != nil {
+		panic(err)
+	}
 	return int64(st.Bfree) * st.Bsize
 }
 
@@ -206,7 +229,9 @@ func free(dir string) int64 {
 // blocks of a fresh ext4, so the filesystem stays valid), mode 0444.
 func makeImage(dir string, gib, mb int64) string {
 	img := filepath.Join(dir, fmt.Sprintf("image-%dG.ext4", gib))
-	os.Remove(img)
+	if err := os.Remove(img); err != nil && !errors.Is(err, os.ErrNotExist) {
+		panic(err)
+	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", img, fmt.Sprintf("%dG", gib)).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "mkfs: %v %s\n", err, out)
 		os.Exit(1)
@@ -226,8 +251,8 @@ func makeImage(dir string, gib, mb int64) string {
 			panic(err)
 		}
 	}
-	f.Sync()
-	f.Close()
-	os.Chmod(img, 0o444)
+	if err := errors.Join(f.Sync(), f.Close(), os.Chmod(img, 0o444)); err != nil {
+		panic(err)
+	}
 	return img
 }

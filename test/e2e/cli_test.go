@@ -133,7 +133,7 @@ func readmeExitCodes(t *testing.T) map[string]int {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	row := regexp.MustCompile("^\\|\\s*(\\d+)\\s*\\|[^|]*\\|([^|]*)\\|\\s*$")
+	row := regexp.MustCompile(`^\|\s*(\d+)\s*\|[^|]*\|([^|]*)\|\s*$`)
 	class := regexp.MustCompile("`([a-z_]+)`")
 	out := map[string]int{}
 	sc := bufio.NewScanner(f)

@@ -227,9 +227,10 @@ type Info struct {
 func Inspect(r io.ReaderAt) (Info, error) {
 	f, err := elf.NewFile(r)
 	if err != nil {
-		return Info{}, fmt.Errorf("not an ELF kernel: %v: %w", err, errdefs.ErrInvalidArgument)
+		return Info{}, fmt.Errorf("not an ELF kernel: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	defer f.Close()
+	// No Close: a File made by NewFile has nothing to close (the caller
+	// owns r).
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 || f.Type != elf.ET_EXEC {
 		return Info{}, fmt.Errorf("ELF kernel is %v %v %v, want ELFCLASS64 EM_X86_64 ET_EXEC: %w",
 			f.Class, f.Machine, f.Type, errdefs.ErrInvalidArgument)

@@ -107,23 +107,35 @@ func compress(t *testing.T, kind string, data []byte) []byte {
 	switch kind {
 	case Gzip:
 		w := gzip.NewWriter(&buf)
-		w.Write(data)
-		w.Close()
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 		return buf.Bytes() // gzip's trailer ends with the size
 	case XZ:
 		w, err := xz.NewWriter(&buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.Write(data)
-		w.Close()
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 	case Zstd:
 		w, err := zstd.NewWriter(&buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w.Write(data)
-		w.Close()
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
 	case LZ4:
 		buf.Write(binary.LittleEndian.AppendUint32(nil, lz4LegacyMagic))
 		for chunk := range slices.Chunk(data, 1000) { // several blocks

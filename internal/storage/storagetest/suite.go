@@ -65,9 +65,17 @@ func newSuite(t *testing.T, b storage.Backend, dir string) *suite {
 	}
 	s.image = filepath.Join(imgDir, "rootfs.ext4")
 	t.Cleanup(func() {
-		exec.Command("chattr", "-i", s.image).Run()
-		os.RemoveAll(imgDir)
-		os.RemoveAll(s.vmsDir)
+		// The image may never have been made immutable (or the
+		// filesystem may not support the flag): RemoveAll reports what
+		// is really stuck.
+		if out, err := exec.Command("chattr", "-i", s.image).CombinedOutput(); err != nil {
+			t.Logf("chattr -i %s: %v %s", s.image, err, out)
+		}
+		for _, d := range []string{imgDir, s.vmsDir} {
+			if err := os.RemoveAll(d); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
 	})
 	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "banger-test", s.image, fmt.Sprint(ImageBytes>>20)+"M")
 	// Some real data in the image, at a known place, past the metadata.
@@ -166,7 +174,11 @@ func (s *suite) create(t *testing.T, size int64) (storage.Disk, storage.Attachme
 	if err != nil {
 		t.Fatalf("attach: %v", err)
 	}
-	t.Cleanup(func() { s.b.Detach(context.Background(), d) })
+	t.Cleanup(func() {
+		if err := s.b.Detach(context.Background(), d); err != nil {
+			t.Errorf("detach %s: %v", d.Path, err)
+		}
+	})
 	return d, a
 }
 
@@ -260,7 +272,11 @@ func (s *suite) cloneKeepsTheInstant(t *testing.T) {
 	if err != nil {
 		t.Fatalf("attach clone: %v", err)
 	}
-	t.Cleanup(func() { s.b.Detach(context.Background(), c) })
+	t.Cleanup(func() {
+		if err := s.b.Detach(context.Background(), c); err != nil {
+			t.Errorf("detach clone %s: %v", c.Path, err)
+		}
+	})
 	wantFill(t, "clone", Read(t, ca, dataOff, 4096), 0x11)
 	wantFill(t, "source after the clone", Read(t, a, dataOff, 4096), 0x22)
 	Write(t, ca, dataOff, 0x33, 4096)

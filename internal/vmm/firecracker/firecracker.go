@@ -214,7 +214,7 @@ func (d *Driver) version(ctx context.Context, bin, program string) (string, erro
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--version").Output()
 	if err != nil {
-		return "", fmt.Errorf("%s --version failed: %v (the binary is not a working %s; %s)", bin, err, program, installHint)
+		return "", fmt.Errorf("%s --version failed: %w (the binary is not a working %s; %s)", bin, err, program, installHint)
 	}
 	first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 	first = strings.TrimSpace(first)
