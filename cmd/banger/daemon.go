@@ -159,6 +159,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		ClientKey:       authorizedKey,
 		Mirror:          o.mirror,
 		PackageCache:    o.packageCache,
+		VMLogCap:        vmLogCap,
 	}, st)
 	if err != nil {
 		return err

@@ -66,6 +66,12 @@ type Config struct {
 	// ClientKey is banger's managed SSH public key (authorized_keys line)
 	// written into guests; empty: guests get no identity.
 	ClientKey string
+
+	// Reliability (issue 9).
+	// VMLogCap bounds each VM's log (console and VMM output, vm.log and
+	// vm.log.1 together), in bytes; 0: no cap (tests without the banger
+	// binary, whose log forwarder it runs).
+	VMLogCap int64
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.

@@ -224,6 +224,7 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 		return spec, err
 	}
 	spec.VsockCID = cid
+	spec.LogCap = s.cfg.VMLogCap
 	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
 		if err := layout.CheckSocketPath(p); err != nil {
 			return spec, errdefs.InvalidArgument("%w", err)

@@ -47,6 +47,14 @@ type Spec struct {
 	// so a daemon crash during a slow launch never leaves an unrecorded
 	// VMM. An error makes Launch end the process and fail.
 	OnSpawn func(Process) error `json:"-"`
+
+	// Reliability (issue 9).
+	// LogCap bounds LogPath and its rotated half (LogPath.1) together, in
+	// bytes; 0: no cap (tests that run without the banger binary).
+	LogCap int64 `json:",omitempty"`
+	// OnExit, if set, hears the VMM's exit status when it ends while this
+	// daemon (its parent) runs.
+	OnExit func(Exit) `json:"-"`
 }
 
 // Process identifies a running VMM process across daemon restarts.
