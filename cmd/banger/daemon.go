@@ -88,6 +88,10 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if os.Geteuid() != 0 {
 		return errdefs.FailedPrecondition("banger daemon must run as root: it manages VMM processes, taps and nftables rules")
 	}
+	// Whatever umask the daemon was started with, nothing it or its children
+	// (VMMs, log forwarders, builders) create is writable by group or others
+	// unless a mode says so; every file and socket also gets its mode set.
+	syscall.Umask(0o022)
 	logCap, err := parseCap("--log-cap", o.logCap)
 	if err != nil {
 		return err

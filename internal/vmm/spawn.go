@@ -119,8 +119,14 @@ func Kill(ctx context.Context, p Process) error {
 	return system.Kill(ctx, p.PID, p.StartTime, KillTimeout)
 }
 
+// SocketMode is the mode of every VMM control socket: the VMM's owner
+// alone (root, or a jailed VMM's user), whatever the umask was.
+const SocketMode os.FileMode = 0o600
+
 // WaitSocket waits until a unix socket at path accepts a connection, the
-// process dies, or the timeout passes.
+// process dies, or the timeout passes; then sets the socket's mode to
+// SocketMode. (The daemon runs with umask 022, so the socket is never
+// writable, hence connectable, by others in between.)
 func WaitSocket(ctx context.Context, path string, p Process, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -128,7 +134,11 @@ func WaitSocket(ctx context.Context, path string, p Process, timeout time.Durati
 	for {
 		c, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
-			return c.Close()
+			c.Close()
+			if err := os.Chmod(path, SocketMode); err != nil {
+				return fmt.Errorf("control socket %s: %w", path, err)
+			}
+			return nil
 		}
 		if !system.Alive(p.PID, p.StartTime) {
 			return errors.New("the VMM process exited before its control socket was ready")
