@@ -34,6 +34,22 @@ type VM struct {
 	LastOperation *Operation `json:"last_operation,omitempty"`
 	// Unsupported lists driver features this VM does not have, with why.
 	Unsupported map[string]string `json:"unsupported,omitempty"`
+
+	// Reliability and ownership (issue 9).
+	// LastExit is how the VMM last ended on its own; nil if it never did.
+	LastExit *Exit `json:"last_exit,omitempty"`
+	// OwnerUID is the uid of the client that created the VM.
+	OwnerUID int `json:"owner_uid"`
+}
+
+// Exit is how a VM's VMM process ended without banger asking it to.
+type Exit struct {
+	Known   bool      `json:"known"` // false: re-adopted after a daemon restart, no status
+	Code    int       `json:"code"`  // -1 if killed by a signal
+	Signal  string    `json:"signal,omitempty"`
+	At      time.Time `json:"at"`
+	Reason  string    `json:"reason"`             // e.g. "killed by signal KILL at ..."
+	LogTail string    `json:"log_tail,omitempty"` // the last lines of the VM log
 }
 
 // Runtime is what exists while a VM runs.

@@ -29,11 +29,23 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			op.open(ctx)
 			return op.finish(RunSteps(ctx, steps, op))
 		})
+		if err == nil {
+			s.watchIfRunning(ctx, listed.ID)
+		}
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// watchIfRunning starts the watcher of VM id if reconcile left it running
+// (re-adopted).
+func (s *Service) watchIfRunning(ctx context.Context, id string) {
+	v, err := s.store.GetVM(ctx, id)
+	if err == nil && v.State == model.StateRunning && s.alive(v) {
+		s.watchVMM(v)
+	}
 }
 
 // buildReconcileSteps is what brings v in line with the host:

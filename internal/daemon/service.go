@@ -90,6 +90,8 @@ type Service struct {
 	buildMu sync.Mutex
 	// signal sends signals to VMM processes; tests replace it.
 	signal func(pid int, startTime uint64, sig syscall.Signal) error
+	// exits: VMM exit statuses for their watchers (watch.go).
+	exits *exitBook
 }
 
 // New wires a service onto an open store. It does not touch VMs: call
@@ -126,7 +128,7 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal}, nil
+	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal, exits: newExitBook()}, nil
 }
 
 // Drivers returns what every configured driver reports about this host.

@@ -118,7 +118,7 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the
 	// moment the VMM process exists, before the driver waits on it.
-	v.State, v.LastError = model.StateStarting, ""
+	v.State, v.LastError, v.LastExit = model.StateStarting, "", nil
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
 		Tap: sc.spec.Tap, DMName: layout.DMName(v.Short())}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
@@ -130,9 +130,11 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 		defer cancel()
 		return s.store.UpdateVM(wctx, v)
 	}
+	sc.spec.OnExit = s.exits.put
 	if err := RunSteps(ctx, s.buildStartSteps(op, sc), op); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
+	s.watchVMM(v)
 	op.log.Info("vm running", "pid", v.Runtime.PID, "accel", v.Runtime.Accel)
 	return v, nil
 }

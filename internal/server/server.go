@@ -231,6 +231,10 @@ func toVM(v *model.VM) api.VM {
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
 	}
+	out.OwnerUID = v.OwnerUID
+	if e := v.LastExit; e != nil {
+		out.LastExit = &api.Exit{Known: e.Known, Code: e.Code, Signal: e.Signal, At: e.At, Reason: e.Reason(), LogTail: e.LogTail}
+	}
 	return out
 }
 

@@ -114,6 +114,11 @@ var migrations = []string{
 	// reads only the VMs in a live state.
 	`CREATE INDEX vms_image ON vms(image_id);
 	CREATE INDEX vms_state ON vms(state);`,
+	// Reliability and ownership (issue 9): how the VMM last ended on its
+	// own (JSON, model.Exit; empty: never), and who made each VM and image.
+	`ALTER TABLE vms ADD COLUMN last_exit TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE images ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

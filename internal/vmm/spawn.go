@@ -16,6 +16,7 @@ import (
 
 // Exit is how a VMM process ended, as its parent's wait saw it.
 type Exit struct {
+	PID    int
 	Code   int            // exit code; -1 when killed by a signal
 	Signal syscall.Signal // 0 unless killed by a signal
 	At     time.Time
@@ -25,7 +26,7 @@ type Exit struct {
 func (e Exit) Clean() bool { return e.Signal == 0 && e.Code == 0 }
 
 func exitOf(st *os.ProcessState) Exit {
-	e := Exit{Code: st.ExitCode(), At: time.Now().UTC()}
+	e := Exit{PID: st.Pid(), Code: st.ExitCode(), At: time.Now().UTC()}
 	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		e.Signal = ws.Signal()
 	}
