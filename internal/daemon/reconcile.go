@@ -14,6 +14,11 @@ import (
 // nothing on the host. Each is reconciled by the steps buildReconcileSteps
 // picks for it.
 func (s *Service) Reconcile(ctx context.Context) error {
+	unfinished, err := s.store.ListUnfinishedOperations(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	defer func() { s.closeInterrupted(ctx, unfinished) }()
 	vms, err := s.store.ListVMsClaimingRuntime(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)

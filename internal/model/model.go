@@ -141,6 +141,8 @@ const (
 	OpRunning OpStatus = "running"
 	OpDone    OpStatus = "done"
 	OpFailed  OpStatus = "failed"
+	// OpInterrupted: cut short by a daemon exit, closed at the next start.
+	OpInterrupted OpStatus = "interrupted"
 )
 
 // Operation is one lifecycle call on a VM, as journalled.
