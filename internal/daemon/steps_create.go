@@ -187,6 +187,9 @@ func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) 
 			}
 			v.ID = system.NewID()
 		}
+		if err := portConflict(ctx, tx, v); err != nil {
+			return err
+		}
 		used, err := tx.UsedGuestIPs(ctx)
 		if err != nil {
 			return err
