@@ -72,6 +72,9 @@ type Config struct {
 	// vm.log.1 together), in bytes; 0: no cap (tests without the banger
 	// binary, whose log forwarder it runs).
 	VMLogCap int64
+	// MaxUserBuildBytes is the largest image a user other than root may
+	// build; 0: DefaultMaxUserBuildBytes.
+	MaxUserBuildBytes int64
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.
@@ -173,7 +176,7 @@ func ValidateName(kind, name string) error {
 // withVM resolves ref, takes the VM's lock, re-reads the record under it
 // and runs fn. The record fn gets is current: nobody else can change it.
 func (s *Service) withVM(ctx context.Context, ref string, fn func(v *model.VM) error) error {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -198,17 +201,18 @@ func (s *Service) alive(v *model.VM) bool {
 
 // GetVM returns the VM ref names, without locking.
 func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
-	return s.store.ResolveVM(ctx, ref)
+	return s.resolveVM(ctx, ref)
 }
 
 // ListVMs returns every VM.
 func (s *Service) ListVMs(ctx context.Context) ([]*model.VM, error) {
-	return s.store.ListVMs(ctx)
+	vms, err := s.store.ListVMs(ctx)
+	return visibleVMs(ctx, vms), err
 }
 
 // Operations returns a VM's journal, newest first.
 func (s *Service) Operations(ctx context.Context, ref string, limit int) ([]*model.Operation, error) {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

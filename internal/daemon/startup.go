@@ -150,7 +150,7 @@ func (s *Service) removeTemporaries() {
 
 // SSHTarget returns a running VM and the account banger logs in as.
 func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string, error) {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return nil, "", err
 	}

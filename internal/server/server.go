@@ -66,6 +66,10 @@ func StatusOf(c errdefs.Class) int {
 		return http.StatusServiceUnavailable
 	case errdefs.ClassNotSupported:
 		return http.StatusNotImplemented
+	case errdefs.ClassOutOfSpace:
+		return http.StatusInsufficientStorage
+	case errdefs.ClassPermissionDenied:
+		return http.StatusForbidden
 	}
 	return http.StatusInternalServerError
 }
