@@ -82,6 +82,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, err error) {
 	c := errdefs.ClassOf(err)
+	if c == errdefs.ClassInternal && outOfSpace(err) {
+		c = errdefs.ClassOutOfSpace
+	}
 	writeJSON(w, StatusOf(c), api.ErrorResponse{Error: api.Error{Class: string(c), Message: err.Error()}})
 }
 
