@@ -39,6 +39,21 @@ type VM struct {
 	// sparse-copy, and why it was chosen (the reason on show only).
 	DiskStrategy string `json:"disk_strategy,omitempty"`
 	DiskReason   string `json:"disk_reason,omitempty"`
+	// Reliability and ownership (issue 9).
+	// LastExit is how the VMM last ended on its own; nil if it never did.
+	LastExit *Exit `json:"last_exit,omitempty"`
+	// OwnerUID is the uid of the client that created the VM.
+	OwnerUID int `json:"owner_uid"`
+}
+
+// Exit is how a VM's VMM process ended without banger asking it to.
+type Exit struct {
+	Known   bool      `json:"known"` // false: re-adopted after a daemon restart, no status
+	Code    int       `json:"code"`  // -1 if killed by a signal
+	Signal  string    `json:"signal,omitempty"`
+	At      time.Time `json:"at"`
+	Reason  string    `json:"reason"`             // e.g. "killed by signal KILL at ..."
+	LogTail string    `json:"log_tail,omitempty"` // the last lines of the VM log
 }
 
 // Runtime is what exists while a VM runs.

@@ -21,6 +21,11 @@ const (
 	ClassUnavailable        Class = "unavailable"
 	ClassNotSupported       Class = "not_supported"
 	ClassInternal           Class = "internal"
+	// ClassOutOfSpace: a write failed because a filesystem is full.
+	ClassOutOfSpace Class = "out_of_space"
+	// ClassPermissionDenied: the caller may not do this (another user's VM
+	// or image, a privileged port, a build over the size limit).
+	ClassPermissionDenied Class = "permission_denied"
 )
 
 // Sentinels. Wrap them: fmt.Errorf("vm %q: %w", name, errdefs.ErrNotFound).
@@ -32,6 +37,8 @@ var (
 	ErrConflict           = errors.New("conflict")
 	ErrUnavailable        = errors.New("unavailable")
 	ErrNotSupported       = errors.New("not supported")
+	ErrOutOfSpace         = errors.New("out of space")
+	ErrPermissionDenied   = errors.New("permission denied")
 )
 
 var classes = []struct {
@@ -45,6 +52,8 @@ var classes = []struct {
 	{ClassConflict, ErrConflict},
 	{ClassUnavailable, ErrUnavailable},
 	{ClassNotSupported, ErrNotSupported},
+	{ClassOutOfSpace, ErrOutOfSpace},
+	{ClassPermissionDenied, ErrPermissionDenied},
 }
 
 // ClassOf returns the class of err; errors without one are internal.
@@ -116,6 +125,14 @@ func Unavailable(format string, args ...any) error {
 
 func NotSupported(format string, args ...any) error {
 	return wrap(ClassNotSupported, format, args)
+}
+
+func OutOfSpace(format string, args ...any) error {
+	return wrap(ClassOutOfSpace, format, args)
+}
+
+func PermissionDenied(format string, args ...any) error {
+	return wrap(ClassPermissionDenied, format, args)
 }
 
 func wrap(class Class, format string, args []any) error {

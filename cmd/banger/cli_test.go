@@ -98,6 +98,8 @@ func TestExitCodes(t *testing.T) {
 		errdefs.FailedPrecondition("x"): exitFailedPrecondition,
 		errdefs.Unavailable("x"):        exitUnavailable,
 		errdefs.NotSupported("x"):       exitNotSupported,
+		errdefs.OutOfSpace("x"):         exitOutOfSpace,
+		errdefs.PermissionDenied("x"):   exitPermissionDenied,
 		errors.New("x"):                 exitInternal,
 		&exitError{code: 42}:            42,
 	} {

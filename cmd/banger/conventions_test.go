@@ -141,7 +141,8 @@ func readmeExitCodes(t *testing.T) map[errdefs.Class]int {
 func TestExitCodesMatchTheREADME(t *testing.T) {
 	table := readmeExitCodes(t)
 	all := []errdefs.Class{errdefs.ClassInternal, errdefs.ClassInvalidArgument, errdefs.ClassNotFound, errdefs.ClassAlreadyExists,
-		errdefs.ClassConflict, errdefs.ClassFailedPrecondition, errdefs.ClassUnavailable, errdefs.ClassNotSupported}
+		errdefs.ClassConflict, errdefs.ClassFailedPrecondition, errdefs.ClassUnavailable, errdefs.ClassNotSupported,
+		errdefs.ClassOutOfSpace, errdefs.ClassPermissionDenied}
 	for _, c := range all {
 		want, ok := table[c]
 		if !ok {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,6 +34,7 @@ type daemonOptions struct {
 	noNetwork       bool
 	mirror          string
 	packageCache    string
+	maxUserBuild    string // largest image a user other than root may build
 	bridge          string
 	guestDNS        []string
 	logLevel        string
@@ -75,6 +77,7 @@ func newDaemonCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.socketGroup, "socket-group", "", "group allowed to use the control socket (default: root only)")
 	f.StringVar(&o.guestCIDR, "guest-cidr", network.DefaultCIDR, "guest network; the first address is the host's, on the bridge")
 	f.StringVar(&o.mirror, "debian-mirror", "", "Debian archive for image builds (default http://deb.debian.org/debian)")
+	f.StringVar(&o.maxUserBuild, "max-user-build-size", "8GiB", "largest image a user other than root may build (image build --size)")
 	f.StringVar(&o.packageCache, "package-cache", "", "directory keeping downloaded .debs between image builds (default <state-dir>/cache/apt)")
 	f.BoolVar(&o.noNetwork, "no-network", false, "leave the host's network alone: no bridge, taps or nftables; VMs get no network device")
 	f.StringVar(&o.nftTable, "nft-table", network.DefaultTable, "banger's nftables table (inet family); a second daemon on this host needs its own, with its own --bridge and --guest-cidr")
@@ -90,11 +93,19 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if os.Geteuid() != 0 {
 		return errdefs.FailedPrecondition("banger daemon must run as root: it manages VMM processes, taps and nftables rules")
 	}
+	// Whatever umask the daemon was started with, nothing it or its children
+	// (VMMs, log forwarders, builders) create is writable by group or others
+	// unless a mode says so; every file and socket also gets its mode set.
+	syscall.Umask(0o022)
 	logCap, err := parseCap("--log-cap", o.logCap)
 	if err != nil {
 		return err
 	}
 	vmLogCap, err := parseCap("--vm-log-cap", o.vmLogCap)
+	if err != nil {
+		return err
+	}
+	maxUserBuild, err := parseCap("--max-user-build-size", o.maxUserBuild)
 	if err != nil {
 		return err
 	}
@@ -150,18 +161,20 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	defer st.Close()
 	svc, err := daemon.New(daemon.Config{
-		Layout:          l,
-		Drivers:         newDrivers(l),
-		DefaultVMM:      o.defaultVMM,
-		DiskStrategy:    o.diskStrategy,
-		GuestCIDR:       o.guestCIDR,
-		GracefulTimeout: o.gracefulTimeout,
-		Logger:          log,
-		Network:         hostNet,
-		GuestDNS:        dns,
-		ClientKey:       authorizedKey,
-		Mirror:          o.mirror,
-		PackageCache:    o.packageCache,
+		Layout:            l,
+		Drivers:           newDrivers(l),
+		DefaultVMM:        o.defaultVMM,
+		DiskStrategy:      o.diskStrategy,
+		GuestCIDR:         o.guestCIDR,
+		GracefulTimeout:   o.gracefulTimeout,
+		Logger:            log,
+		Network:           hostNet,
+		GuestDNS:          dns,
+		ClientKey:         authorizedKey,
+		Mirror:            o.mirror,
+		PackageCache:      o.packageCache,
+		VMLogCap:          vmLogCap,
+		MaxUserBuildBytes: maxUserBuild,
 	}, st)
 	if err != nil {
 		return err

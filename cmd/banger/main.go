@@ -28,6 +28,8 @@ const (
 	exitFailedPrecondition = 5
 	exitUnavailable        = 6
 	exitNotSupported       = 7
+	exitOutOfSpace         = 8
+	exitPermissionDenied   = 9
 )
 
 // exitCode maps an error's class to the process exit code.
@@ -49,6 +51,10 @@ func exitCode(err error) int {
 		return exitUnavailable
 	case errdefs.ClassNotSupported:
 		return exitNotSupported
+	case errdefs.ClassOutOfSpace:
+		return exitOutOfSpace
+	case errdefs.ClassPermissionDenied:
+		return exitPermissionDenied
 	}
 	return exitInternal
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,15 +64,23 @@ func renderVMs(w io.Writer, format string, vms []api.VM) error {
 		return writeJSON(w, vms)
 	}
 	t := table(w)
-	fmt.Fprintln(t, "NAME\tID\tSTATE\tVMM\tVCPUS\tMEMORY\tIP\tIMAGE\tPID")
+	fmt.Fprintln(t, "NAME\tID\tSTATE\tVMM\tVCPUS\tMEMORY\tIP\tIMAGE\tPID\tOWNER")
 	for _, v := range vms {
 		pid := "-"
 		if v.Runtime.PID != 0 {
 			pid = strconv.Itoa(v.Runtime.PID)
 		}
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n", v.Name, short(v.ID), v.State, v.VMM, v.VCPUs, v.MemoryMiB, dash(v.GuestIP), dash(v.Image), pid)
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\t%s\n", v.Name, short(v.ID), v.State, v.VMM, v.VCPUs, v.MemoryMiB, dash(v.GuestIP), dash(v.Image), pid, ownerName(v.OwnerUID))
 	}
 	return t.Flush()
+}
+
+// ownerName is the user name of uid, else the number.
+func ownerName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
 }
 
 func renderVM(w io.Writer, format string, v api.VM) error {
@@ -118,6 +127,9 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	}
 	for _, k := range slices.Sorted(maps.Keys(v.Unsupported)) {
 		row("Unsupported", fmt.Sprintf("%s: %s", k, v.Unsupported[k]))
+	}
+	if v.LastExit != nil {
+		row("Last exit", "vmm "+v.LastExit.Reason)
 	}
 	row("Log", v.LogPath)
 	row("Dir", v.VMDir)

@@ -39,6 +39,9 @@ func (s *Service) BuildSpec(ctx context.Context, req api.BuildImageRequest) (bui
 	if err := spec.Validate(); err != nil {
 		return build.Spec{}, err
 	}
+	if err := s.checkBuildSize(ctx, spec.SizeBytes); err != nil {
+		return build.Spec{}, err
+	}
 	return spec, nil
 }
 
@@ -57,7 +60,7 @@ func (s *Service) BuildImage(ctx context.Context, name string, spec build.Spec, 
 	log := s.log.With("op", "image.build", "image", name)
 	log.Info("image build begun", "release", spec.Release, "packages", strings.Join(spec.Packages, ","), "size_bytes", spec.SizeBytes)
 
-	im := &model.Image{ID: system.NewID(), Name: name}
+	im := &model.Image{ID: system.NewID(), Name: name, OwnerUID: ownerUID(ctx)}
 	dir := s.layout.Image(im.ID)
 	im.KernelPath, im.VmlinuxPath = dir.Kernel(), dir.Vmlinux()
 	im.InitrdPath, im.RootfsPath = dir.Initrd(), dir.Rootfs()

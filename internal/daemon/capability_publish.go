@@ -40,10 +40,12 @@ func (c publishCapability) Prepare(ctx context.Context, v *model.VM) error {
 	if err != nil {
 		return fmt.Errorf("guest ip %q: %w", v.GuestIP, err)
 	}
+	ps := make([]network.Publish, 0, len(v.Ports))
 	for _, p := range v.Ports {
-		if err := c.net.Publish(ctx, v.ID, ip, network.Publish{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto}); err != nil {
-			return errors.Join(err, c.net.Unpublish(ctx, v.ID))
-		}
+		ps = append(ps, network.Publish{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
+	}
+	if err := c.net.PublishAll(ctx, v.ID, ip, ps); err != nil {
+		return errors.Join(err, c.net.Unpublish(ctx, v.ID))
 	}
 	return nil
 }

@@ -15,6 +15,8 @@ type HostNetwork interface {
 	DeleteTap(ctx context.Context, name string) error
 	RemoveOrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error)
 	Publish(ctx context.Context, owner string, guestIP netip.Addr, p network.Publish) error
+	// PublishAll publishes every port in one batch (issue 9).
+	PublishAll(ctx context.Context, owner string, guestIP netip.Addr, ps []network.Publish) error
 	Unpublish(ctx context.Context, owner string) error
 	Published(ctx context.Context) ([]network.Published, error)
 }

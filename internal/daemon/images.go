@@ -45,7 +45,7 @@ func (s *Service) ImportImage(ctx context.Context, req api.ImportImageRequest) (
 		return nil, errdefs.InvalidArgument("%w", err)
 	}
 
-	im := &model.Image{ID: system.NewID(), Name: req.Name, RootfsBytes: size, Cmdline: req.Cmdline}
+	im := &model.Image{ID: system.NewID(), Name: req.Name, RootfsBytes: size, Cmdline: req.Cmdline, OwnerUID: ownerUID(ctx)}
 	dir := s.layout.Image(im.ID)
 	im.KernelPath, im.RootfsPath = dir.Kernel(), dir.Rootfs()
 	if image.IsELF(req.Kernel) {
@@ -120,6 +120,9 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 		if im, err = tx.ResolveImage(ctx, ref); err != nil {
 			return err
 		}
+		if err := checkImageAccess(ctx, im, false); err != nil {
+			return err
+		}
 		if err := tx.DeleteImage(ctx, im.ID); err != nil {
 			return fmt.Errorf("delete image %q: %w", im.Name, err)
 		}
@@ -140,10 +143,18 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 
 // GetImage resolves an image and the names of the VMs using it.
 func (s *Service) GetImage(ctx context.Context, ref string) (*model.Image, []string, error) {
-	return s.store.ResolveImageUsers(ctx, ref)
+	im, users, err := s.store.ResolveImageUsers(ctx, ref)
+	if err == nil {
+		err = checkImageAccess(ctx, im, true)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return im, users, nil
 }
 
 // ListImages returns every image.
 func (s *Service) ListImages(ctx context.Context) ([]*model.Image, error) {
-	return s.store.ListImages(ctx)
+	ims, err := s.store.ListImages(ctx)
+	return visibleImages(ctx, ims), err
 }

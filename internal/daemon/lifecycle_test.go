@@ -217,8 +217,23 @@ func TestStopCleansStaleRuntime(t *testing.T) {
 	for alive(p) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !exists(v.Runtime.ControlSocket) {
-		t.Fatal("test setup: socket should still be there")
+	// Its watcher records the exit and tears the runtime down.
+	for e.get("web").State == model.StateRunning {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if w := e.get("web"); w.State != model.StateError || w.LastExit == nil || w.Runtime.PID != 0 || exists(v.Runtime.ControlSocket) {
+		t.Fatalf("after the vmm died: state %s, exit %+v, runtime %+v, socket left %v", w.State, w.LastExit, w.Runtime, exists(v.Runtime.ControlSocket))
+	}
+	if op, stages := e.lastOp("web"); op.Kind != "vm.exited" || !slices.Equal(stages, []string{"vmm.exited:note", "vmm.cleanup:done", "cleanup_runtime:done"}) {
+		t.Fatalf("journal %s %v", op.Kind, stages)
+	}
+	// A runtime left recorded (a watcher that could not run): put the
+	// record and the socket back.
+	if err := e.st.UpdateVM(context.Background(), v); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(v.Runtime.ControlSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	got, err := e.svc.StopVM(context.Background(), "web", StopOptions{})
 	if err != nil {

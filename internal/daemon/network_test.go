@@ -86,6 +86,15 @@ func (f *fakeNet) Unpublish(_ context.Context, owner string) error {
 	return nil
 }
 
+func (f *fakeNet) PublishAll(ctx context.Context, owner string, ip netip.Addr, ps []network.Publish) error {
+	for _, p := range ps {
+		if err := f.Publish(ctx, owner, ip, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (f *fakeNet) Published(context.Context) ([]network.Published, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -14,6 +14,11 @@ import (
 // nothing on the host. Each is reconciled by the steps buildReconcileSteps
 // picks for it.
 func (s *Service) Reconcile(ctx context.Context) error {
+	unfinished, err := s.store.ListUnfinishedOperations(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	defer func() { s.closeInterrupted(ctx, unfinished) }()
 	vms, err := s.store.ListVMsClaimingRuntime(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
@@ -29,11 +34,23 @@ func (s *Service) Reconcile(ctx context.Context) error {
 			op.open(ctx)
 			return op.finish(RunSteps(ctx, steps, op))
 		})
+		if err == nil {
+			s.watchIfRunning(ctx, listed.ID)
+		}
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// watchIfRunning starts the watcher of VM id if reconcile left it running
+// (re-adopted).
+func (s *Service) watchIfRunning(ctx context.Context, id string) {
+	v, err := s.store.GetVM(ctx, id)
+	if err == nil && v.State == model.StateRunning && s.alive(v) {
+		s.watchVMM(v)
+	}
 }
 
 // buildReconcileSteps is what brings v in line with the host:

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/internal/model"
@@ -135,8 +136,37 @@ func TestReconcileCutShortOperations(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Their operations, cut short, are still recorded running.
+	cut := map[string]*model.Operation{}
+	for name, kind := range map[string]string{"starting": "vm.start", "stopping": "vm.stop"} {
+		op := &model.Operation{VMID: e.get(name).ID, Kind: kind, Status: model.OpRunning, StartedAt: time.Now().UTC(),
+			Stages: []model.Stage{{Name: StepImageCheck, Status: StatusDone, At: time.Now().UTC()}}}
+		if err := e.st.InsertOperation(ctx, op); err != nil {
+			t.Fatal(err)
+		}
+		cut[name] = op
+	}
 	if err := e.svc.Reconcile(ctx); err != nil {
 		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"starting": "reconcile left the vm stopped", "stopping": "reconcile left the vm running"} {
+		ops, err := e.st.ListOperations(ctx, e.get(name).ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got *model.Operation
+		for _, op := range ops {
+			if op.ID == cut[name].ID {
+				got = op
+			}
+			if op.Status == model.OpRunning {
+				t.Errorf("%s: operation %d %s still running after reconcile", name, op.ID, op.Kind)
+			}
+		}
+		last := got.Stages[len(got.Stages)-1]
+		if got.Status != model.OpInterrupted || got.EndedAt.IsZero() || last.Name != StageReconciled || !strings.Contains(last.Detail, want) {
+			t.Errorf("%s: cut-short %s closed as %s, last stage %+v; want interrupted, %q", name, got.Kind, got.Status, last, want)
+		}
 	}
 	if v := e.get("starting"); v.State != model.StateStopped || alive(e.fake.Process(starting.ID)) || !strings.Contains(v.LastError, "cut short") {
 		t.Fatalf("cut-short start: %s %q", v.State, v.LastError)

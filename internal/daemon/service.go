@@ -70,6 +70,15 @@ type Config struct {
 	// ClientKey is banger's managed SSH public key (authorized_keys line)
 	// written into guests; empty: guests get no identity.
 	ClientKey string
+
+	// Reliability (issue 9).
+	// VMLogCap bounds each VM's log (console and VMM output, vm.log and
+	// vm.log.1 together), in bytes; 0: no cap (tests without the banger
+	// binary, whose log forwarder it runs).
+	VMLogCap int64
+	// MaxUserBuildBytes is the largest image a user other than root may
+	// build; 0: DefaultMaxUserBuildBytes.
+	MaxUserBuildBytes int64
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.
@@ -90,6 +99,8 @@ type Service struct {
 	signal func(pid int, startTime uint64, sig syscall.Signal) error
 	// disk: the host's storage, probed once (steps_disk.go).
 	disk diskState
+	// exits: VMM exit statuses for their watchers (watch.go).
+	exits *exitBook
 }
 
 // New wires a service onto an open store. It does not touch VMs: call
@@ -127,7 +138,7 @@ func New(cfg Config, st *store.Store) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal}, nil
+	return &Service{cfg: cfg, layout: cfg.Layout, store: st, log: cfg.Logger, locks: newVMLocks(), pool: pool, caps: newCapabilities(cfg), signal: system.Signal, exits: newExitBook()}, nil
 }
 
 // Drivers returns what every configured driver reports about this host.
@@ -172,7 +183,7 @@ func ValidateName(kind, name string) error {
 // withVM resolves ref, takes the VM's lock, re-reads the record under it
 // and runs fn. The record fn gets is current: nobody else can change it.
 func (s *Service) withVM(ctx context.Context, ref string, fn func(v *model.VM) error) error {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -197,17 +208,18 @@ func (s *Service) alive(v *model.VM) bool {
 
 // GetVM returns the VM ref names, without locking.
 func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
-	return s.store.ResolveVM(ctx, ref)
+	return s.resolveVM(ctx, ref)
 }
 
 // ListVMs returns every VM.
 func (s *Service) ListVMs(ctx context.Context) ([]*model.VM, error) {
-	return s.store.ListVMs(ctx)
+	vms, err := s.store.ListVMs(ctx)
+	return visibleVMs(ctx, vms), err
 }
 
 // Operations returns a VM's journal, newest first.
 func (s *Service) Operations(ctx context.Context, ref string, limit int) ([]*model.Operation, error) {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

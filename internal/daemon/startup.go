@@ -158,15 +158,19 @@ func (s *Service) removeTemporaries() {
 
 // SSHTarget returns a running VM and the account banger logs in as.
 func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string, error) {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return nil, "", err
 	}
-	if v.State == model.StatePaused {
+	switch {
+	case v.State == model.StatePaused:
 		return nil, "", errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
-	}
-	if v.State != model.StateRunning || !s.alive(v) {
+	case v.State != model.StateRunning && v.LastExit != nil:
+		return nil, "", errdefs.FailedPrecondition("vm %q is %s (vmm %s) (hint: banger vm start %s)", v.Name, v.State, v.LastExit.Reason(), v.Name)
+	case v.State != model.StateRunning:
 		return nil, "", errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
+	case !s.alive(v):
+		return nil, "", errdefs.FailedPrecondition("vm %q is not running: its vmm process %d exited (hint: banger vm start %s)", v.Name, v.Runtime.PID, v.Name)
 	}
 	if v.GuestIP == "" || s.cfg.Network == nil {
 		return nil, "", errdefs.NotSupported("vm %q has no network: the daemon runs without a host network", v.Name)

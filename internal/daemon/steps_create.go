@@ -104,11 +104,17 @@ func (s *Service) newVM(ctx context.Context, req api.CreateVMRequest) (*model.VM
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkPortsAllowed(ctx, ports); err != nil {
+		return nil, nil, err
+	}
 	img, err := s.store.ResolveImage(ctx, req.Image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) && req.Image == DefaultImage {
 			return nil, nil, errdefs.NotFound("the default image %q does not exist (hint: banger image build, or pass --image)", DefaultImage)
 		}
+		return nil, nil, err
+	}
+	if err := checkImageAccess(ctx, img, true); err != nil {
 		return nil, nil, err
 	}
 	disk := req.DiskBytes
@@ -128,7 +134,7 @@ func (s *Service) newVM(ctx context.Context, req api.CreateVMRequest) (*model.VM
 	}
 	v := &model.VM{ID: system.NewID(), Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskBytes: disk, VMM: kind, VMMReason: reason, Ports: ports, State: model.StateCreating,
-		DiskStrategy: string(diskKind), DiskReason: diskReason}
+		DiskStrategy: string(diskKind), DiskReason: diskReason, OwnerUID: ownerUID(ctx)}
 	dir := s.layout.VM(v.ID)
 	v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 	return v, img, nil
@@ -182,6 +188,9 @@ func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) 
 				break
 			}
 			v.ID = system.NewID()
+		}
+		if err := portConflict(ctx, tx, v); err != nil {
+			return err
 		}
 		used, err := tx.UsedGuestIPs(ctx)
 		if err != nil {

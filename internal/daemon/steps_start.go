@@ -129,7 +129,7 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, res
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the
 	// moment the VMM process exists, before the driver waits on it.
-	v.State, v.LastError = model.StateStarting, ""
+	v.State, v.LastError, v.LastExit = model.StateStarting, "", nil
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
 		Tap: sc.spec.Tap, DMName: dmNameFor(v)}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
@@ -141,9 +141,11 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, res
 		defer cancel()
 		return s.store.UpdateVM(wctx, v)
 	}
+	sc.spec.OnExit = s.exits.put
 	if err := RunSteps(ctx, s.buildStartSteps(op, sc), op); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
+	s.watchVMM(v)
 	op.log.Info("vm running", "pid", v.Runtime.PID, "accel", v.Runtime.Accel)
 	return v, nil
 }
@@ -235,6 +237,7 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 		return spec, err
 	}
 	spec.VsockCID = cid
+	spec.LogCap = s.cfg.VMLogCap
 	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
 		if err := layout.CheckSocketPath(p); err != nil {
 			return spec, errdefs.InvalidArgument("%w", err)

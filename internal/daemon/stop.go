@@ -70,6 +70,7 @@ func (s *Service) beginStopping(ctx context.Context, v *model.VM, op *operation)
 		return true, s.teardown(ctx, v, op, "")
 	}
 	v.State = model.StateStopping
+	s.exits.tearingDown(v.Runtime.PID, v.Runtime.PIDStartTime) // its watcher stands down
 	return false, s.store.UpdateVM(ctx, v)
 }
 
@@ -80,6 +81,7 @@ func (s *Service) stillRunning(ctx context.Context, v *model.VM, op *operation, 
 	if prev == model.StatePaused {
 		v.State = prev
 	}
+	s.exits.torndown(v.Runtime.PID, v.Runtime.PIDStartTime) // its watcher watches again
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	if werr := s.store.UpdateVM(wctx, v); werr != nil {

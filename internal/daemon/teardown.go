@@ -28,8 +28,15 @@ func (s *Service) buildTeardownSteps(op *operation, v *model.VM) []Step {
 // kept, so a later stop, start or delete retries. It runs to the end even
 // when the request is cancelled.
 func (s *Service) teardown(ctx context.Context, v *model.VM, op *operation, reason string) error {
+	return s.teardownAs(ctx, v, op, reason, model.StateStopped)
+}
+
+// teardownAs is teardown recording the VM in state (stopped, or error for a
+// VMM that died) once everything is released.
+func (s *Service) teardownAs(ctx context.Context, v *model.VM, op *operation, reason string, state model.VMState) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
 	defer cancel()
+	s.exits.tearingDown(v.Runtime.PID, v.Runtime.PIDStartTime) // its watcher stands down
 	if err := RunAll(ctx, s.buildTeardownSteps(op, v), op); err != nil {
 		op.Stage(StageCleanupRuntime, StatusFailed, err.Error())
 		v.State, v.LastError = model.StateError, "runtime cleanup: "+err.Error()
@@ -39,7 +46,7 @@ func (s *Service) teardown(ctx context.Context, v *model.VM, op *operation, reas
 		return fmt.Errorf("clean up vm %q: %w", v.Name, err)
 	}
 	op.Stage(StageCleanupRuntime, StatusDone, "")
-	v.State, v.LastError, v.Runtime = model.StateStopped, reason, model.Runtime{}
+	v.State, v.LastError, v.Runtime = state, reason, model.Runtime{}
 	return s.store.UpdateVM(ctx, v)
 }
 

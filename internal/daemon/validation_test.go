@@ -187,6 +187,14 @@ func TestReconcile(t *testing.T) {
 	}
 	for alive(deadProc) {
 	}
+	// This daemon's watcher records the exit; put the record back as a
+	// daemon that was not running would have left it.
+	for e.get("dead").State == model.StateRunning {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := e.st.UpdateVM(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
 	// reused: the recorded pid now belongs to another process (start time differs).
 	r := e.get("reused")
 	r.Runtime.PIDStartTime++

@@ -19,7 +19,7 @@ type VMView struct {
 
 // ShowVM resolves ref and returns its view.
 func (s *Service) ShowVM(ctx context.Context, ref string) (*VMView, error) {
-	v, err := s.store.ResolveVM(ctx, ref)
+	v, err := s.resolveVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

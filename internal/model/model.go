@@ -1,7 +1,10 @@
 // Package model holds what the store persists: VMs, images and operations.
 package model
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // VMState is the recorded lifecycle state of a VM.
 type VMState string
@@ -45,6 +48,42 @@ type VM struct {
 	// ("qcow2", "reflink", "dm-snapshot", "sparse-copy") and why it was chosen.
 	DiskStrategy string
 	DiskReason   string
+	// Reliability and ownership (issue 9).
+	// LastExit is how the VMM last ended on its own (a guest power-off, a
+	// crash, a kill from outside banger); nil if it never did.
+	LastExit *Exit
+	// OwnerUID is the uid of the API client that created the VM.
+	OwnerUID int
+}
+
+// Exit is how a VM's VMM process ended without banger asking it to.
+type Exit struct {
+	// Known: the daemon was the process's parent and saw its status; a
+	// VMM re-adopted after a daemon restart ends with no status.
+	Known   bool      `json:"known"`
+	Code    int       `json:"code"`             // exit code; -1 if killed by a signal
+	Signal  string    `json:"signal,omitempty"` // e.g. "KILL"
+	At      time.Time `json:"at"`
+	LogTail string    `json:"log_tail,omitempty"` // the last lines of the VM log
+}
+
+// Clean reports a normal exit with status 0: the guest powered off.
+func (e Exit) Clean() bool { return e.Known && e.Signal == "" && e.Code == 0 }
+
+// Reason says how the VMM ended, for messages: "killed by signal KILL at
+// 2026-11-29T17:40:01Z".
+func (e Exit) Reason() string {
+	at := e.At.UTC().Format(time.RFC3339)
+	switch {
+	case !e.Known:
+		return "exited at " + at + " (status unknown: the vmm was re-adopted after a daemon restart)"
+	case e.Signal != "":
+		return "killed by signal " + e.Signal + " at " + at
+	case e.Code == 0:
+		return "exited cleanly (the guest powered off) at " + at
+	default:
+		return fmt.Sprintf("exited with code %d at %s", e.Code, at)
+	}
 }
 
 // PortMapping publishes a guest port on the host.
@@ -96,6 +135,9 @@ type Image struct {
 	Cmdline     string // extra kernel command line the image needs
 	Manifest    []byte // JSON, as produced by the image builder; empty for imports
 	CreatedAt   time.Time
+
+	// Ownership (issue 9): the uid of the API client that made the image.
+	OwnerUID int
 }
 
 // OpStatus is the outcome of an operation.
@@ -105,6 +147,8 @@ const (
 	OpRunning OpStatus = "running"
 	OpDone    OpStatus = "done"
 	OpFailed  OpStatus = "failed"
+	// OpInterrupted: cut short by a daemon exit, closed at the next start.
+	OpInterrupted OpStatus = "interrupted"
 )
 
 // Operation is one lifecycle call on a VM, as journalled.

@@ -143,15 +143,24 @@ func parsePublishComment(c string) (Published, bool) {
 // process is errdefs.Conflict. Publishing exactly the same mapping again
 // for the same owner does nothing.
 func (m *Manager) Publish(ctx context.Context, owner string, guestIP netip.Addr, p Publish) error {
+	return m.PublishAll(ctx, owner, guestIP, []Publish{p})
+}
+
+// PublishAll publishes every port of ps for VM owner (see Publish) in one
+// nftables batch: all are checked first, then all rules are added with a
+// single flush, so the time is linear in len(ps) and a refusal adds none.
+func (m *Manager) PublishAll(ctx context.Context, owner string, guestIP netip.Addr, ps []Publish) error {
 	if err := checkOwner(owner); err != nil {
 		return err
 	}
-	if err := p.validate(); err != nil {
-		return err
+	for _, p := range ps {
+		if err := p.validate(); err != nil {
+			return err
+		}
 	}
 	guestIP = guestIP.Unmap()
 	if !m.isGuestAddr(guestIP) {
-		return errdefs.InvalidArgument("publish %s for vm %q: %s is not a guest address of %s", p, owner, guestIP, m.pool.Prefix())
+		return errdefs.InvalidArgument("publish ports for vm %q: %s is not a guest address of %s", owner, guestIP, m.pool.Prefix())
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -167,32 +176,45 @@ func (m *Manager) Publish(ctx context.Context, owner string, guestIP netip.Addr,
 		return err
 	}
 	if !exists {
-		return errdefs.FailedPrecondition("publish %s for vm %q: nftables table inet %q is missing (hint: the host network is not set up; restarting the daemon sets it up)", p, owner, m.table.Name)
+		return errdefs.FailedPrecondition("publish ports for vm %q: nftables table inet %q is missing (hint: the host network is not set up; restarting the daemon sets it up)", owner, m.table.Name)
 	}
+	type key struct {
+		port  uint16
+		proto string
+	}
+	held := make(map[key]Published, len(all))
 	for _, q := range all {
-		if q.Proto != p.Proto || q.HostPort != p.HostPort {
-			continue
+		held[key{q.HostPort, q.Proto}] = q
+	}
+	added := 0
+	for _, p := range ps {
+		if q, ok := held[key{p.HostPort, p.Proto}]; ok {
+			if q.Owner == owner && q.GuestIP == guestIP && q.GuestPort == p.GuestPort {
+				continue // already published, as asked
+			}
+			return errdefs.Conflict("host port %d/%s is already published by vm %q (to %s) (hint: choose another host port)", p.HostPort, p.Proto, q.Owner, netip.AddrPortFrom(q.GuestIP, q.GuestPort))
 		}
-		if q.Owner == owner && q.GuestIP == guestIP && q.GuestPort == p.GuestPort {
-			return nil
+		free, err := portFree(m.ns, p.Proto, p.HostPort)
+		if err != nil {
+			return err
 		}
-		return errdefs.Conflict("host port %d/%s is already published by vm %q (to %s) (hint: choose another host port)", p.HostPort, p.Proto, q.Owner, netip.AddrPortFrom(q.GuestIP, q.GuestPort))
+		if !free {
+			return errdefs.Conflict("host port %d/%s is in use by a process on the host (hint: choose another host port)", p.HostPort, p.Proto)
+		}
+		held[key{p.HostPort, p.Proto}] = Published{Publish: p, Owner: owner, GuestIP: guestIP}
+		c.AddRule(&nftables.Rule{
+			Table:    m.table,
+			Chain:    &nftables.Chain{Name: publishChain, Table: m.table},
+			Exprs:    dnatRule(p, guestIP),
+			UserData: withComment(publishComment(owner, guestIP, p)),
+		})
+		added++
 	}
-	free, err := portFree(m.ns, p.Proto, p.HostPort)
-	if err != nil {
-		return err
+	if added == 0 {
+		return nil
 	}
-	if !free {
-		return errdefs.Conflict("host port %d/%s is in use by a process on the host (hint: choose another host port)", p.HostPort, p.Proto)
-	}
-	c.AddRule(&nftables.Rule{
-		Table:    m.table,
-		Chain:    &nftables.Chain{Name: publishChain, Table: m.table},
-		Exprs:    dnatRule(p, guestIP),
-		UserData: withComment(publishComment(owner, guestIP, p)),
-	})
 	if err := c.Flush(); err != nil {
-		return classify(fmt.Errorf("publish %s for vm %q: add rule to nftables table inet %q: %w", p, owner, m.table.Name, err))
+		return classify(fmt.Errorf("publish %d ports for vm %q: add rules to nftables table inet %q: %w", added, owner, m.table.Name, err))
 	}
 	return nil
 }

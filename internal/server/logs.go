@@ -6,9 +6,12 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/banger-vm/banger/internal/logcap"
 )
 
-// vmLogs streams a VM's log file (console and VMM output). With follow=1
+// vmLogs streams a VM's log (console and VMM output: its rotated half
+// vm.log.1, then vm.log; see logcap.OpenReader). With follow=1
 // it keeps streaming what is appended until the VM stops or the client
 // goes away.
 func (s *server) vmLogs(w http.ResponseWriter, r *http.Request) {
@@ -19,7 +22,7 @@ func (s *server) vmLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	follow := r.URL.Query().Get("follow") == "1"
-	f, err := os.Open(v.LogPath)
+	f, err := logcap.OpenReader(v.LogPath)
 	if errors.Is(err, os.ErrNotExist) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK) // never started: an empty log

@@ -5,6 +5,8 @@ import (
 	"net"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/internal/daemon"
 )
 
 type peerKey struct{}
@@ -34,5 +36,6 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 			uid = int(cred.Uid)
 		}
 	})
-	return context.WithValue(ctx, peerKey{}, uid)
+	// The service checks ownership against the caller (daemon.WithCaller).
+	return daemon.WithCaller(context.WithValue(ctx, peerKey{}, uid), uid)
 }

@@ -67,6 +67,10 @@ func StatusOf(c errdefs.Class) int {
 		return http.StatusServiceUnavailable
 	case errdefs.ClassNotSupported:
 		return http.StatusNotImplemented
+	case errdefs.ClassOutOfSpace:
+		return http.StatusInsufficientStorage
+	case errdefs.ClassPermissionDenied:
+		return http.StatusForbidden
 	}
 	return http.StatusInternalServerError
 }
@@ -79,6 +83,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, err error) {
 	c := errdefs.ClassOf(err)
+	if c == errdefs.ClassInternal && outOfSpace(err) {
+		c = errdefs.ClassOutOfSpace
+	}
 	writeJSON(w, StatusOf(c), api.ErrorResponse{Error: api.Error{Class: string(c), Message: err.Error()}})
 }
 
@@ -233,6 +240,10 @@ func toVM(v *model.VM) api.VM {
 		DiskStrategy: v.DiskStrategy, DiskReason: v.DiskReason}
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
+	}
+	out.OwnerUID = v.OwnerUID
+	if e := v.LastExit; e != nil {
+		out.LastExit = &api.Exit{Known: e.Known, Code: e.Code, Signal: e.Signal, At: e.At, Reason: e.Reason(), LogTail: e.LogTail}
 	}
 	return out
 }

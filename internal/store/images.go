@@ -10,14 +10,14 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-const imageColumns = `id, name, kernel_path, vmlinux_path, initrd_path, rootfs_path, rootfs_bytes, cmdline, manifest, created_at`
+const imageColumns = `id, name, kernel_path, vmlinux_path, initrd_path, rootfs_path, rootfs_bytes, cmdline, manifest, created_at, owner_uid`
 
 func scanImage(r scanner) (*model.Image, error) {
 	var (
 		im      model.Image
 		created int64
 	)
-	if err := r.Scan(&im.ID, &im.Name, &im.KernelPath, &im.VmlinuxPath, &im.InitrdPath, &im.RootfsPath, &im.RootfsBytes, &im.Cmdline, &im.Manifest, &created); err != nil {
+	if err := r.Scan(&im.ID, &im.Name, &im.KernelPath, &im.VmlinuxPath, &im.InitrdPath, &im.RootfsPath, &im.RootfsBytes, &im.Cmdline, &im.Manifest, &created, &im.OwnerUID); err != nil {
 		return nil, err
 	}
 	im.CreatedAt = fromNanos(created)
@@ -29,8 +29,8 @@ func (t *Tx) InsertImage(ctx context.Context, im *model.Image) error {
 	if im.CreatedAt.IsZero() {
 		im.CreatedAt = time.Now().UTC()
 	}
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?)`,
-		im.ID, im.Name, im.KernelPath, im.VmlinuxPath, im.InitrdPath, im.RootfsPath, im.RootfsBytes, im.Cmdline, im.Manifest, nanos(im.CreatedAt))
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		im.ID, im.Name, im.KernelPath, im.VmlinuxPath, im.InitrdPath, im.RootfsPath, im.RootfsBytes, im.Cmdline, im.Manifest, nanos(im.CreatedAt), im.OwnerUID)
 	if isUnique(err) {
 		return errdefs.AlreadyExists("image %q already exists (hint: pick another name, or delete it first)", im.Name)
 	}

@@ -137,6 +137,11 @@ var migrations = []string{
 	);
 	CREATE INDEX snapshots_image ON snapshots(image_id);
 	CREATE INDEX snapshots_vm ON snapshots(vm_id);`,
+	// Reliability and ownership (issue 9): how the VMM last ended on its
+	// own (JSON, model.Exit; empty: never), and who made each VM and image.
+	`ALTER TABLE vms ADD COLUMN last_exit TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE images ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

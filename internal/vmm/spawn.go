@@ -10,19 +10,64 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/system"
 )
 
-// Spawn starts a VMM process in its own session, so that it outlives the
-// daemon, with stdin from /dev/null and stdout and stderr appended to
-// logPath. The daemon reaps the process if it exits while the daemon runs;
-// after a daemon restart, init does.
-func Spawn(path string, args []string, logPath string) (Process, error) {
-	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return Process{}, fmt.Errorf("open vm log: %w", err)
+// Exit is how a VMM process ended, as its parent's wait saw it.
+type Exit struct {
+	PID    int
+	Code   int            // exit code; -1 when killed by a signal
+	Signal syscall.Signal // 0 unless killed by a signal
+	At     time.Time
+}
+
+// Clean reports a normal exit with code 0 (the guest powered off).
+func (e Exit) Clean() bool { return e.Signal == 0 && e.Code == 0 }
+
+func exitOf(st *os.ProcessState) Exit {
+	e := Exit{PID: st.Pid(), Code: st.ExitCode(), At: time.Now().UTC()}
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		e.Signal = ws.Signal()
 	}
-	defer log.Close()
+	return e
+}
+
+// SpawnOptions say where a VMM's output goes and who hears of its exit.
+type SpawnOptions struct {
+	LogPath string
+	// LogCap > 0 sends stdout and stderr through a log forwarder (see
+	// logcap.SpawnForwarder) that keeps LogPath and its rotated half
+	// within LogCap bytes; 0 appends to LogPath without a cap.
+	LogCap int64
+	// OnExit, if set, is called once with the exit status when the process
+	// ends while this daemon runs (it is the process's parent).
+	OnExit func(Exit)
+}
+
+// Spawn starts a VMM process in its own session, so that it outlives the
+// daemon, with stdin from /dev/null and stdout and stderr to the VM log
+// (opts). The daemon reaps the process if it exits while the daemon runs
+// and reports its status to opts.OnExit; after a daemon restart, init
+// reaps it.
+func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
+	var out *os.File
+	if opts.LogCap > 0 {
+		w, _, err := logcap.SpawnForwarder(logcap.ForwarderConfig{Path: opts.LogPath, Cap: opts.LogCap})
+		if err != nil {
+			return Process{}, fmt.Errorf("vm log: %w", err)
+		}
+		out = w
+	} else {
+		f, err := os.OpenFile(opts.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, logcap.Mode)
+		if err != nil {
+			return Process{}, fmt.Errorf("open vm log: %w", err)
+		}
+		out = f
+	}
+	// Our copy goes once the child has its own: a forwarder then ends when
+	// the VMM does.
+	defer out.Close()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return Process{}, err
@@ -31,15 +76,20 @@ func Spawn(path string, args []string, logPath string) (Process, error) {
 
 	cmd := exec.Command(path, args...)
 	cmd.Stdin = devnull
-	cmd.Stdout = log
-	cmd.Stderr = log
+	cmd.Stdout = out
+	cmd.Stderr = out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return Process{}, fmt.Errorf("start %s: %w", path, err)
 	}
 	pid := cmd.Process.Pid
 	st, statErr := system.ReadProcStat(pid)
-	go func() { _ = cmd.Wait() }() // reap; the exit status is in the VM log
+	go func() {
+		_ = cmd.Wait() // the status is in ProcessState
+		if opts.OnExit != nil && cmd.ProcessState != nil {
+			opts.OnExit(exitOf(cmd.ProcessState))
+		}
+	}()
 	if statErr != nil {
 		// It exited (and may be reaped) before we could read it.
 		return Process{}, fmt.Errorf("%s exited immediately", path)
@@ -50,7 +100,7 @@ func Spawn(path string, args []string, logPath string) (Process, error) {
 // SpawnFor spawns the VMM of spec (see Spawn) and reports it through
 // spec.OnSpawn; if that fails, the process is killed and the error returned.
 func SpawnFor(spec Spec, path string, args []string) (Process, error) {
-	p, err := Spawn(path, args, spec.LogPath)
+	p, err := Spawn(path, args, SpawnOptions{LogPath: spec.LogPath, LogCap: spec.LogCap, OnExit: spec.OnExit})
 	if err != nil || spec.OnSpawn == nil {
 		return p, err
 	}
@@ -70,8 +120,14 @@ func Kill(ctx context.Context, p Process) error {
 	return system.Kill(ctx, p.PID, p.StartTime, KillTimeout)
 }
 
+// SocketMode is the mode of every VMM control socket: the VMM's owner
+// alone (root, or a jailed VMM's user), whatever the umask was.
+const SocketMode os.FileMode = 0o600
+
 // WaitSocket waits until a unix socket at path accepts a connection, the
-// process dies, or the timeout passes.
+// process dies, or the timeout passes; then sets the socket's mode to
+// SocketMode. (The daemon runs with umask 022, so the socket is never
+// writable, hence connectable, by others in between.)
 func WaitSocket(ctx context.Context, path string, p Process, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -79,7 +135,11 @@ func WaitSocket(ctx context.Context, path string, p Process, timeout time.Durati
 	for {
 		c, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
-			return c.Close()
+			c.Close()
+			if err := os.Chmod(path, SocketMode); err != nil {
+				return fmt.Errorf("control socket %s: %w", path, err)
+			}
+			return nil
 		}
 		if !system.Alive(p.PID, p.StartTime) {
 			return errors.New("the VMM process exited before its control socket was ready")

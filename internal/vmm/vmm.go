@@ -54,6 +54,13 @@ type Spec struct {
 	// ConfigDisk, if set, is the VM's config disk (its identity, for the
 	// image's initramfs): a raw file attached read-only after the root.
 	ConfigDisk string `json:",omitempty"`
+	// Reliability (issue 9).
+	// LogCap bounds LogPath and its rotated half (LogPath.1) together, in
+	// bytes; 0: no cap (tests that run without the banger binary).
+	LogCap int64 `json:",omitempty"`
+	// OnExit, if set, hears the VMM's exit status when it ends while this
+	// daemon (its parent) runs.
+	OnExit func(Exit) `json:"-"`
 }
 
 // Process identifies a running VMM process across daemon restarts.

@@ -348,6 +348,11 @@ func (d *daemon) vmmProcesses() []string {
 // assertNoLeaks checks that no VMM process, VM dir or runtime file is left.
 func (d *daemon) assertNoLeaks() {
 	d.t.Helper()
+	// A VM's log forwarder drains its pipe after the VMM is gone, then
+	// exits: give it a few seconds on a loaded host.
+	for i := 0; i < 50 && len(d.vmmProcesses()) > 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
 	if p := d.vmmProcesses(); len(p) > 0 {
 		d.t.Errorf("leaked VMM processes:\n%s", strings.Join(p, "\n"))
 	}

@@ -114,7 +114,9 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 		// Paused until Boot: the VM is fully configured before it runs.
 		"-S",
 		"-qmp", "unix:" + spec.ControlSocket + ",server=on,wait=off",
-		"-chardev", "file,id=console,path=" + spec.LogPath + ",append=on",
+		// The console goes to stdout, the VM log's capped writer (vmm.Spawn),
+		// never straight to a file a guest could fill.
+		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-kernel", spec.Kernel,
 		"-append", strings.TrimSpace("console=ttyS0 " + spec.KernelArgs),
