@@ -34,6 +34,10 @@ type VM struct {
 	LastOperation *Operation `json:"last_operation,omitempty"`
 	// Unsupported lists driver features this VM does not have, with why.
 	Unsupported map[string]string `json:"unsupported,omitempty"`
+
+	// Agent says how banger reaches the guest: its banger-agent, or ssh
+	// when the image has none (vm show only; issue 10).
+	Agent string `json:"agent,omitempty"`
 }
 
 // Runtime is what exists while a VM runs.

@@ -92,6 +92,9 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	for _, k := range slices.Sorted(maps.Keys(v.Unsupported)) {
 		row("Unsupported", fmt.Sprintf("%s: %s", k, v.Unsupported[k]))
 	}
+	if v.Agent != "" {
+		row("Agent", v.Agent)
+	}
 	row("Log", v.LogPath)
 	row("Dir", v.VMDir)
 	row("Created", v.CreatedAt.Local().Format(time.RFC3339))

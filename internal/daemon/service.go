@@ -66,6 +66,10 @@ type Config struct {
 	// ClientKey is banger's managed SSH public key (authorized_keys line)
 	// written into guests; empty: guests get no identity.
 	ClientKey string
+
+	// Guest agent (issue 10): AgentBinary is the banger-agent image
+	// builds install; empty: the daemon's own binary.
+	AgentBinary string
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.
@@ -78,6 +82,7 @@ type Service struct {
 	pool   network.Pool
 	caps   []capability
 	probes probeCache
+	agents agentConns // guest agent connections (issue 10)
 	// tcgWarned: the slow-guest warning was logged (once per daemon).
 	tcgWarned atomic.Bool
 	// buildMu allows one image build at a time.

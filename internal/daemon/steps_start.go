@@ -60,7 +60,10 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 			// exists: the release finds it in the record.
 			Do: func(ctx context.Context) error { _, err := sc.drv.Launch(ctx, sc.spec); return err },
 			Release: &Release{Stage: StageKillRunningVM, Held: func() bool { return s.alive(sc.v) },
-				Do: func(ctx context.Context) error { return s.killProcess(ctx, vmmProcess(sc.v)) }}},
+				Do: func(ctx context.Context) error {
+					s.agents.drop(sc.v.ID) // the guest agent's connection goes with the VMM
+					return s.killProcess(ctx, vmmProcess(sc.v))
+				}}},
 		Step{Name: StepVMMBoot, Do: func(ctx context.Context) error { return sc.drv.Boot(ctx, sc.spec) }},
 	)
 	for _, c := range s.caps {
@@ -120,7 +123,7 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	// moment the VMM process exists, before the driver waits on it.
 	v.State, v.LastError = model.StateStarting, ""
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
-		Tap: sc.spec.Tap, DMName: layout.DMName(v.Short())}
+		Tap: sc.spec.Tap, DMName: layout.DMName(v.Short()), AgentSocket: sc.spec.AgentSocket}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
@@ -224,7 +227,10 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 		return spec, err
 	}
 	spec.VsockCID = cid
-	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
+	if sc := s.agentSocketFor(v); sc != "" {
+		spec.AgentSocket = sc
+	}
+	for _, p := range []string{spec.ControlSocket, spec.VsockPath, spec.AgentSocket} {
 		if err := layout.CheckSocketPath(p); err != nil {
 			return spec, errdefs.InvalidArgument("%w", err)
 		}
@@ -239,6 +245,7 @@ func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 		RootDisk:      s.layout.VM(v.ID).RootDisk(),
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
+		AgentSocket: v.Runtime.AgentSocket,
 	}
 }
 

@@ -219,6 +219,7 @@ func toView(view *daemon.VMView) api.VM {
 		out.LastOperation = &op
 	}
 	out.Unsupported = view.Unsupported
+	out.Agent = view.Agent
 	return out
 }
 

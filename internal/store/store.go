@@ -114,6 +114,8 @@ var migrations = []string{
 	// reads only the VMs in a live state.
 	`CREATE INDEX vms_image ON vms(image_id);
 	CREATE INDEX vms_state ON vms(state);`,
+	// guest agent (issue 10): the QEMU virtio-serial socket of a running VM.
+	`ALTER TABLE vms ADD COLUMN agent_socket TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

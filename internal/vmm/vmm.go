@@ -47,6 +47,10 @@ type Spec struct {
 	// so a daemon crash during a slow launch never leaves an unrecorded
 	// VMM. An error makes Launch end the process and fail.
 	OnSpawn func(Process) error `json:"-"`
+
+	// Guest agent (issue 10): AgentSocket is where a driver without vsock
+	// (QEMU) serves the guest agent's virtio-serial port; empty: none.
+	AgentSocket string `json:",omitempty"`
 }
 
 // Process identifies a running VMM process across daemon restarts.
