@@ -187,3 +187,6 @@ func (s *Service) Agent(ctx context.Context, ref string, wait time.Duration) (*a
 	}()
 	return c, v, nil
 }
+
+// GuestUser is the account guest commands run as by default.
+func (s *Service) GuestUser() string { return s.cfg.GuestUser }
