@@ -53,6 +53,7 @@ type execOptions struct {
 	argv        []string
 	interactive bool // vm ssh: stdin forwarded even from a terminal
 	tty         bool // a pseudo-terminal (always for a shell)
+	network     bool // SSH over the guest's network, never the agent
 }
 
 // runViaAgent runs o on the agent and returns the CLI's error for its end.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/guest"
 )
 
@@ -76,9 +77,16 @@ func runInVM(ctx context.Context, g *globals, ref string, argv []string, interac
 }
 
 func runInVMOpts(ctx context.Context, g *globals, ref string, o execOptions) error {
-	ac, user, ok, err := dialAgent(ctx, g, ref)
-	if err != nil {
-		return err
+	var (
+		ac   *agent.Client
+		user string
+		ok   bool
+		err  error
+	)
+	if !o.network {
+		if ac, user, ok, err = dialAgent(ctx, g, ref); err != nil {
+			return err
+		}
 	}
 	if ok {
 		defer ac.Close()
@@ -113,15 +121,18 @@ func runInVMOpts(ctx context.Context, g *globals, ref string, o execOptions) err
 }
 
 func newVMSSH(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var network bool
+	cmd := &cobra.Command{
 		Use:               "ssh NAME [-- CMD...]",
 		Short:             "Open a shell on a VM, or run a command there (host keys pinned, never ignored)",
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runInVM(cmd.Context(), g, args[0], args[1:], true)
+			return runInVMOpts(cmd.Context(), g, args[0], execOptions{argv: args[1:], interactive: true, network: network})
 		},
 	}
+	cmd.Flags().BoolVar(&network, "network", false, "use SSH over the guest's network with banger's key (root only), not the guest agent")
+	return cmd
 }
 
 func newVMExec(g *globals) *cobra.Command {
