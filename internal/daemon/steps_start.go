@@ -54,16 +54,16 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 			// Files a crash left (sockets, a jail) go before the launch
 			// makes them anew; the release removes what the launch made.
 			Do:      func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) },
-			Release: &Release{Stage: StageVMMCleanup, Do: func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) }}},
+			Release: &Release{Stage: StageVMMCleanup, Do: func(ctx context.Context) error {
+				s.agents.drop(sc.v.ID) // the guest agent's connection goes with the VMM's sockets
+				return sc.drv.Cleanup(ctx, sc.spec)
+			}}},
 		Step{Name: StepVMMLaunch,
 			// The pid is recorded by spec.OnSpawn the moment the process
 			// exists: the release finds it in the record.
 			Do: func(ctx context.Context) error { _, err := sc.drv.Launch(ctx, sc.spec); return err },
 			Release: &Release{Stage: StageKillRunningVM, Held: func() bool { return s.alive(sc.v) },
-				Do: func(ctx context.Context) error {
-					s.agents.drop(sc.v.ID) // the guest agent's connection goes with the VMM
-					return s.killProcess(ctx, vmmProcess(sc.v))
-				}}},
+				Do: func(ctx context.Context) error { return s.killProcess(ctx, vmmProcess(sc.v)) }}},
 		Step{Name: StepVMMBoot, Do: func(ctx context.Context) error { return sc.drv.Boot(ctx, sc.spec) }},
 	)
 	for _, c := range s.caps {
