@@ -27,15 +27,15 @@ import (
 // quietSystem is a guest that changes nothing.
 type quietSystem struct{}
 
-func (quietSystem) SetHostname(string) error                                    { return nil }
-func (quietSystem) SetMachineID(string) error                                   { return nil }
+func (quietSystem) SetHostname(string) error                                   { return nil }
+func (quietSystem) SetMachineID(string) error                                  { return nil }
 func (quietSystem) ConfigureNetwork(agent.NetworkIdentity, []netip.Addr) error { return nil }
-func (quietSystem) SetDNS([]netip.Addr) error                                   { return nil }
-func (quietSystem) NewHostKeys() ([]ssh.PublicKey, error)                       { return nil, nil }
-func (quietSystem) SetClock(time.Time) error                                    { return nil }
-func (quietSystem) AddEntropy([]byte) error                                     { return nil }
-func (quietSystem) Shutdown(bool) error                                         { return nil }
-func (quietSystem) BootID() string                                              { return "boot-1" }
+func (quietSystem) SetDNS([]netip.Addr) error                                  { return nil }
+func (quietSystem) NewHostKeys() ([]ssh.PublicKey, error)                      { return nil, nil }
+func (quietSystem) SetClock(time.Time) error                                   { return nil }
+func (quietSystem) AddEntropy([]byte) error                                    { return nil }
+func (quietSystem) Shutdown(bool) error                                        { return nil }
+func (quietSystem) BootID() string                                             { return "boot-1" }
 
 // fakeHybridVsock serves Firecracker's hybrid vsock protocol on a unix
 // socket ("CONNECT <port>\n", "OK <n>\n") with a real agent server of

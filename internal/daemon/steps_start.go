@@ -53,7 +53,7 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 		Step{Name: StepCleanupStaleRuntime,
 			// Files a crash left (sockets, a jail) go before the launch
 			// makes them anew; the release removes what the launch made.
-			Do:      func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) },
+			Do: func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) },
 			Release: &Release{Stage: StageVMMCleanup, Do: func(ctx context.Context) error {
 				s.agents.drop(sc.v.ID) // the guest agent's connection goes with the VMM's sockets
 				return sc.drv.Cleanup(ctx, sc.spec)
