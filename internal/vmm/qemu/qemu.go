@@ -178,6 +178,12 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if _, err := d.run(ctx, spec, "query-status", nil); err != nil {
 		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
 	}
+	if spec.AgentSocket != "" {
+		// QEMU made it (before QMP answered) under its umask: root's only.
+		if err := os.Chmod(spec.AgentSocket, 0o600); err != nil {
+			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: guest agent socket: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
+		}
+	}
 	if spec.Restore != nil {
 		if err := d.loadSnapshot(ctx, spec); err != nil {
 			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
