@@ -9,8 +9,8 @@ package api
 const AgentUpgrade = "banger-ssh"
 
 // AgentWaitParam is the query parameter of GET /v1/vms/{ref}/agent giving
-// how long to wait for the agent to be ready (a Go duration; default 0:
-// one attempt).
+// how long to wait for the agent to be ready (a Go duration; the daemon
+// waits at least 30 s).
 const AgentWaitParam = "wait"
 
 // AgentStatus is a ready agent.

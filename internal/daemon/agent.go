@@ -21,8 +21,13 @@ import (
 // connection when the VMM's release runs (teardown) or the connection
 // ends.
 
-// agentAttemptTimeout bounds one dial-and-ready attempt while waiting.
-const agentAttemptTimeout = 5 * time.Second
+// agentAttemptTimeout bounds one dial-and-ready attempt; agentMinWait is
+// how long a request with no wait of its own still retries (a loaded TCG
+// guest can take seconds to answer a handshake).
+const (
+	agentAttemptTimeout = 15 * time.Second
+	agentMinWait        = 30 * time.Second
+)
 
 // NoAgentNote is what `vm show` says of a VM whose image has no agent.
 const NoAgentNote = "none (image has no banger-agent): using ssh"
@@ -136,8 +141,8 @@ func (s *Service) dialAgent(ctx context.Context, v *model.VM) (*agent.Client, er
 }
 
 // Agent returns the connection to ref's guest agent, dialing it if there
-// is none, waiting up to wait for the agent to answer ready (0: one
-// attempt). A VM whose image has no agent gives NotSupported (the caller
+// is none, waiting up to wait (at least agentMinWait) for the agent to
+// answer ready. A VM whose image has no agent gives NotSupported (the caller
 // falls back to SSH); an agent of another protocol version,
 // FailedPrecondition with both versions named. The VM is resolved as every
 // VM request resolves it (GetVM).
@@ -163,16 +168,9 @@ func (s *Service) Agent(ctx context.Context, ref string, wait time.Duration) (*a
 		return ac.c, v, nil
 	}
 	dial := func(ctx context.Context) (*agent.Client, error) { return s.dialAgent(ctx, v) }
-	var c *agent.Client
-	if wait > 0 {
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		defer cancel()
-		c, _, err = agent.WaitReady(wctx, dial, agentAttemptTimeout)
-	} else {
-		actx, cancel := context.WithTimeout(ctx, agentAttemptTimeout)
-		defer cancel()
-		c, err = dial(actx)
-	}
+	wctx, cancel := context.WithTimeout(ctx, max(wait, agentMinWait))
+	defer cancel()
+	c, _, err := agent.WaitReady(wctx, dial, agentAttemptTimeout)
 	if err != nil {
 		return nil, v, fmt.Errorf("vm %q: %w", v.Name, err)
 	}
