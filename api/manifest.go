@@ -37,6 +37,16 @@ type ImageManifest struct {
 
 	Packages  []ImagePackage  `json:"packages"`
 	Artifacts []ImageArtifact `json:"artifacts"`
+
+	// Guest agent (issue 10): nil for an image without banger-agent.
+	Agent *ImageAgent `json:"agent,omitempty"`
+}
+
+// ImageAgent is the guest agent an image carries.
+type ImageAgent struct {
+	Path     string `json:"path"`     // in the guest
+	Protocol int    `json:"protocol"` // the agent protocol version it speaks
+	SHA256   string `json:"sha256"`   // of the binary
 }
 
 // InitramfsConfigDisk is the InitramfsFeatures entry of an initramfs that

@@ -44,6 +44,9 @@ type VM struct {
 	LastExit *Exit `json:"last_exit,omitempty"`
 	// OwnerUID is the uid of the client that created the VM.
 	OwnerUID int `json:"owner_uid"`
+	// Agent says how banger reaches the guest: its banger-agent, or ssh
+	// when the image has none (vm show only; issue 10).
+	Agent string `json:"agent,omitempty"`
 }
 
 // Exit is how a VM's VMM process ended without banger asking it to.

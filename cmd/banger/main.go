@@ -8,13 +8,16 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/client"
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/layout"
+	"github.com/banger-vm/banger/internal/version"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -121,6 +124,10 @@ func newRootWith(g *globals) *cobra.Command {
 }
 
 func main() {
+	// The image builder installs this binary in guests as banger-agent.
+	if filepath.Base(os.Args[0]) == agent.Program {
+		os.Exit(agent.Main(os.Args[1:], os.Stdout, os.Stderr, version.Get().Version))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
 	stop()

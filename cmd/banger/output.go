@@ -131,6 +131,9 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	if v.LastExit != nil {
 		row("Last exit", "vmm "+v.LastExit.Reason)
 	}
+	if v.Agent != "" {
+		row("Agent", v.Agent)
+	}
 	row("Log", v.LogPath)
 	row("Dir", v.VMDir)
 	row("Created", v.CreatedAt.Local().Format(time.RFC3339))

@@ -91,11 +91,11 @@ func newVMRun(g *globals) *cobra.Command {
 				return failed(err)
 			}
 			event("vm.start", "done", fmt.Sprintf("%s running, pid %d, %s", started.Name, started.Runtime.PID, started.GuestIP))
-			event("ssh", "start", "waiting for "+started.GuestIP+":22")
-			if err := waitSSH(ctx, g, v.ID, waitTimeout); err != nil {
+			event("ready", "start", "waiting for the guest agent or "+started.GuestIP+":22")
+			if err := waitReady(ctx, g, v.ID, waitTimeout); err != nil {
 				return failed(err)
 			}
-			event("ssh", "done", "ready")
+			event("ready", "done", "ready")
 			prog.Finish(true)
 			return runInVM(ctx, g, v.ID, argv, true)
 		},

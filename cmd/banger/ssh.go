@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/guest"
 )
 
@@ -68,8 +69,33 @@ func guestExit(code int) error {
 	return &exitError{code: code}
 }
 
-// runInVM runs argv on the VM (a shell with a pty when argv is empty).
+// runInVM runs argv on the VM (a shell with a pty when argv is empty):
+// through the daemon and the guest agent when the image has one, else over
+// SSH.
 func runInVM(ctx context.Context, g *globals, ref string, argv []string, interactive bool) error {
+	return runInVMOpts(ctx, g, ref, execOptions{argv: argv, interactive: interactive})
+}
+
+func runInVMOpts(ctx context.Context, g *globals, ref string, o execOptions) error {
+	var (
+		ac   *agent.Client
+		user string
+		ok   bool
+		err  error
+	)
+	if !o.network {
+		if ac, user, ok, err = dialAgent(ctx, g, ref); err != nil {
+			return err
+		}
+	}
+	if ok {
+		defer ac.Close()
+		return runViaAgent(ctx, ac, user, o)
+	}
+	if o.tty && len(o.argv) > 0 {
+		return errdefs.NotSupported("--tty needs the guest agent, and the image of vm %q has none (hint: banger vm ssh %s)", ref, ref)
+	}
+	argv, interactive := o.argv, o.interactive
 	c, err := dialVM(ctx, g, ref)
 	if err != nil {
 		return err
@@ -95,19 +121,23 @@ func runInVM(ctx context.Context, g *globals, ref string, argv []string, interac
 }
 
 func newVMSSH(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var network bool
+	cmd := &cobra.Command{
 		Use:               "ssh NAME [-- CMD...]",
 		Short:             "Open a shell on a VM, or run a command there (host keys pinned, never ignored)",
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeVMs(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runInVM(cmd.Context(), g, args[0], args[1:], true)
+			return runInVMOpts(cmd.Context(), g, args[0], execOptions{argv: args[1:], interactive: true, network: network})
 		},
 	}
+	cmd.Flags().BoolVar(&network, "network", false, "use SSH over the guest's network with banger's key (root only), not the guest agent")
+	return cmd
 }
 
 func newVMExec(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var tty bool
+	cmd := &cobra.Command{
 		Use:               "exec NAME -- CMD...",
 		Short:             "Run a command on a VM: stdout and stderr kept apart, its exit code returned",
 		ValidArgsFunction: completeVMs(g, 1),
@@ -118,9 +148,11 @@ func newVMExec(g *globals) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runInVM(cmd.Context(), g, args[0], args[1:], false)
+			return runInVMOpts(cmd.Context(), g, args[0], execOptions{argv: args[1:], tty: tty})
 		},
 	}
+	cmd.Flags().BoolVarP(&tty, "tty", "t", false, "run the command on a pseudo-terminal (stdin forwarded; needs the guest agent)")
+	return cmd
 }
 
 func newVMCp(g *globals) *cobra.Command {
@@ -132,6 +164,17 @@ func newVMCp(g *globals) *cobra.Command {
 			spec, err := guest.ParseCopyArgs(args[0], args[1])
 			if err != nil {
 				return err
+			}
+			ac, _, ok, err := dialAgent(cmd.Context(), g, spec.VM)
+			if err != nil {
+				return err
+			}
+			if ok {
+				defer ac.Close()
+				if spec.ToGuest {
+					return ac.CopyTo(cmd.Context(), spec.Local, spec.Remote)
+				}
+				return ac.CopyFrom(cmd.Context(), spec.Remote, spec.Local)
 			}
 			c, err := dialVM(cmd.Context(), g, spec.VM)
 			if err != nil {

@@ -175,12 +175,12 @@ func newVMStart(g *globals) *cobra.Command {
 		if err != nil || !wait {
 			return v, err
 		}
-		if err := waitSSH(cmd.Context(), g, v.ID, waitTimeout); err != nil {
+		if err := waitReady(cmd.Context(), g, v.ID, waitTimeout); err != nil {
 			return v, fmt.Errorf("%w (hint: banger vm logs %s)", err, v.Name)
 		}
 		return v, nil
 	})
-	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's SSH server answers")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the VM's guest agent (or, without one, its SSH server) answers")
 	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", defaultWaitTimeout, "how long --wait waits")
 	return cmd
 }

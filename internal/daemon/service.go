@@ -79,6 +79,9 @@ type Config struct {
 	// MaxUserBuildBytes is the largest image a user other than root may
 	// build; 0: DefaultMaxUserBuildBytes.
 	MaxUserBuildBytes int64
+	// Guest agent (issue 10): AgentBinary is the banger-agent image
+	// builds install; empty: the daemon's own binary.
+	AgentBinary string
 }
 
 // Service owns every VM and image. All methods are safe for concurrent use.
@@ -91,6 +94,7 @@ type Service struct {
 	pool   network.Pool
 	caps   []capability
 	probes probeCache
+	agents agentConns // guest agent connections (issue 10)
 	// tcgWarned: the slow-guest warning was logged (once per daemon).
 	tcgWarned atomic.Bool
 	// buildMu allows one image build at a time.

@@ -54,8 +54,11 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 		Step{Name: StepCleanupStaleRuntime,
 			// Files a crash left (sockets, a jail) go before the launch
 			// makes them anew; the release removes what the launch made.
-			Do:      func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) },
-			Release: &Release{Stage: StageVMMCleanup, Do: func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) }}},
+			Do: func(ctx context.Context) error { return sc.drv.Cleanup(ctx, sc.spec) },
+			Release: &Release{Stage: StageVMMCleanup, Do: func(ctx context.Context) error {
+				s.agents.drop(sc.v.ID) // the guest agent's connection goes with the VMM's sockets
+				return sc.drv.Cleanup(ctx, sc.spec)
+			}}},
 		Step{Name: StepVMMLaunch,
 			// The pid is recorded by spec.OnSpawn the moment the process
 			// exists: the release finds it in the record.
@@ -131,7 +134,7 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, res
 	// moment the VMM process exists, before the driver waits on it.
 	v.State, v.LastError, v.LastExit = model.StateStarting, "", nil
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
-		Tap: sc.spec.Tap, DMName: dmNameFor(v)}
+		Tap: sc.spec.Tap, DMName: dmNameFor(v), AgentSocket: sc.spec.AgentSocket}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
@@ -238,7 +241,10 @@ func (s *Service) startSpec(v *model.VM, img *model.Image, vsockPath string) (vm
 	}
 	spec.VsockCID = cid
 	spec.LogCap = s.cfg.VMLogCap
-	for _, p := range []string{spec.ControlSocket, spec.VsockPath} {
+	if sc := s.agentSocketFor(v); sc != "" {
+		spec.AgentSocket = sc
+	}
+	for _, p := range []string{spec.ControlSocket, spec.VsockPath, spec.AgentSocket} {
 		if err := layout.CheckSocketPath(p); err != nil {
 			return spec, errdefs.InvalidArgument("%w", err)
 		}
@@ -253,6 +259,7 @@ func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 		RootDisk: s.diskPath(v), RootDiskFormat: diskFormat(v), ConfigDisk: s.configDiskFor(v),
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
+		AgentSocket: v.Runtime.AgentSocket,
 	}
 }
 

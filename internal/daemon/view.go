@@ -15,6 +15,8 @@ type VMView struct {
 	LastOperation *model.Operation
 	// Unsupported lists the driver features v lacks on this host, with why.
 	Unsupported map[string]string
+	// Agent says how banger reaches the guest (issue 10).
+	Agent string
 }
 
 // ShowVM resolves ref and returns its view.
@@ -28,7 +30,7 @@ func (s *Service) ShowVM(ctx context.Context, ref string) (*VMView, error) {
 
 // View is v's view; parts that cannot be read are left empty (and logged).
 func (s *Service) View(ctx context.Context, v *model.VM) *VMView {
-	out := &VMView{VM: v, Unsupported: s.unsupported(ctx, v)}
+	out := &VMView{VM: v, Unsupported: s.unsupported(ctx, v), Agent: s.agentNote(ctx, v)}
 	if name, err := s.store.ImageName(ctx, v.ImageID); err == nil {
 		out.Image = name
 	} else {

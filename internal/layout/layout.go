@@ -88,6 +88,12 @@ func (l Layout) VsockPath(short string) string {
 	return filepath.Join(l.RuntimeDir, "fc-"+short+".vsock")
 }
 
+// AgentSocket is the unix socket of a VM's guest agent channel (QEMU's
+// virtio-serial port), in the root-only runtime dir.
+func (l Layout) AgentSocket(short string) string {
+	return filepath.Join(l.RuntimeDir, "fc-"+short+".agent")
+}
+
 // TapName and DMName are the per-VM kernel object names.
 func TapName(short string) string { return "tap-fc-" + short }
 func DMName(short string) string  { return "fc-rootfs-" + short }

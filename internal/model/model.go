@@ -106,6 +106,10 @@ type Runtime struct {
 	DMName        string
 	Accel         string // "kvm" or "tcg" for QEMU
 	StartedAt     time.Time
+
+	// Guest agent (issue 10): the unix socket QEMU serves the agent's
+	// virtio-serial port on (Firecracker's agent is on VsockPath).
+	AgentSocket string
 }
 
 // Short is the short form of the ID that per-VM host names derive from.

@@ -18,8 +18,9 @@ import (
 )
 
 type server struct {
-	svc *daemon.Service
-	log *slog.Logger
+	svc     *daemon.Service
+	log     *slog.Logger
+	hostKey agentHostKey // guest agent upgrades (issue 10)
 }
 
 // Handler returns the API's routes.
@@ -41,6 +42,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.vmLogs)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
 	s.snapshotRoutes(mux, p)
+	mux.HandleFunc("GET "+p+"/vms/{ref}/agent", s.vmAgent)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
 	mux.HandleFunc("POST "+p+"/images/build", s.buildImage)
@@ -228,6 +230,7 @@ func toView(view *daemon.VMView) api.VM {
 		out.LastOperation = &op
 	}
 	out.Unsupported = view.Unsupported
+	out.Agent = view.Agent
 	return out
 }
 

@@ -142,6 +142,8 @@ var migrations = []string{
 	`ALTER TABLE vms ADD COLUMN last_exit TEXT NOT NULL DEFAULT '';
 	ALTER TABLE vms ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE images ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;`,
+	// guest agent (issue 10): the QEMU virtio-serial socket of a running VM.
+	`ALTER TABLE vms ADD COLUMN agent_socket TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

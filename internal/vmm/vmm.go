@@ -61,6 +61,9 @@ type Spec struct {
 	// OnExit, if set, hears the VMM's exit status when it ends while this
 	// daemon (its parent) runs.
 	OnExit func(Exit) `json:"-"`
+	// Guest agent (issue 10): AgentSocket is where a driver without vsock
+	// (QEMU) serves the guest agent's virtio-serial port; empty: none.
+	AgentSocket string `json:",omitempty"`
 }
 
 // Process identifies a running VMM process across daemon restarts.

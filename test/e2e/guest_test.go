@@ -175,7 +175,7 @@ func TestGuests(t *testing.T) {
 		kh := filepath.Join(d.stateDir, "ssh", "known_hosts")
 		orig, _ := os.ReadFile(kh)
 		os.WriteFile(kh, []byte(strings.ReplaceAll(string(orig), ka, kb)), 0o600)
-		r, err = d.run("vm", "ssh", "alpha", "--", "true")
+		r, err = d.run("vm", "ssh", "--network", "alpha", "--", "true")
 		if err == nil || !strings.Contains(r.stderr, "alpha") || !strings.Contains(r.stderr, kh) {
 			t.Fatalf("a wrong pin was not refused, or the error does not name the vm and file: %v %s", err, r.stderr)
 		}

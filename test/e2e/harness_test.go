@@ -59,6 +59,9 @@ func bangerBinary(t testing.TB) string {
 		root := filepath.Join(filepath.Dir(file), "..", "..")
 		binPath = filepath.Join(dir, "banger")
 		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/banger")
+		// Static: the image builder installs this binary in guests as
+		// banger-agent.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)

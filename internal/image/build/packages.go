@@ -222,7 +222,7 @@ func (b *builder) packages(ctx context.Context) error {
 			b.log.Warn("image build: could not update the package cache", "dir", b.cacheDir(), "err", err)
 		}
 	}
-	return nil
+	return b.installAgent()
 }
 
 func quoteAll(ss []string) []string {

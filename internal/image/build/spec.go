@@ -94,6 +94,13 @@ type Spec struct {
 	// Busybox is a statically linked busybox for the initramfs. Default:
 	// busybox on PATH, which must be static.
 	Busybox string `json:"-"`
+
+	// Guest agent (issue 10).
+	// AgentBinary is a static banger-agent the image gets at
+	// agent.BinaryPath, started at boot by agent.SystemdUnit; the daemon
+	// passes its own binary (/proc/self/exe: banger is banger-agent when
+	// called so). Empty: the image has no agent.
+	AgentBinary string `json:"-"`
 }
 
 // WithDefaults returns s with its empty fields set to their defaults.

@@ -19,6 +19,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -144,6 +145,9 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 	if vsock && spec.VsockCID >= 3 {
 		args = append(args, "-device", "vhost-vsock-pci,guest-cid="+strconv.FormatUint(uint64(spec.VsockCID), 10))
 	}
+	if spec.AgentSocket != "" {
+		args = append(args, agent.QEMUArgs(spec.AgentSocket)...)
+	}
 	args = append(args, vmgenidArgs(spec)...)
 	if spec.Restore != nil {
 		// The same devices as at save time (this function made both
@@ -186,6 +190,12 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 	if _, err := d.run(ctx, spec, "query-status", nil); err != nil {
 		return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
 	}
+	if spec.AgentSocket != "" {
+		// QEMU made it (before QMP answered) under its umask: root's only.
+		if err := os.Chmod(spec.AgentSocket, 0o600); err != nil {
+			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: guest agent socket: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
+		}
+	}
 	if spec.Restore != nil {
 		if err := d.loadSnapshot(ctx, spec); err != nil {
 			return vmm.Process{}, errors.Join(fmt.Errorf("qemu: %w", err), vmm.Kill(context.WithoutCancel(ctx), proc))
@@ -216,13 +226,17 @@ func (d *Driver) Shutdown(ctx context.Context, spec vmm.Spec) error {
 	return nil
 }
 
-// Cleanup removes the QMP socket.
+// Cleanup removes the QMP socket and the guest agent's socket.
 func (d *Driver) Cleanup(_ context.Context, spec vmm.Spec) error {
-	if spec.ControlSocket == "" {
-		return nil
+	if spec.ControlSocket != "" {
+		if err := os.Remove(spec.ControlSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("qemu: remove qmp socket: %w", err)
+		}
 	}
-	if err := os.Remove(spec.ControlSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("qemu: remove qmp socket: %w", err)
+	if spec.AgentSocket != "" {
+		if err := os.Remove(spec.AgentSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("qemu: remove guest agent socket: %w", err)
+		}
 	}
 	return nil
 }
