@@ -68,9 +68,14 @@ var loopback = netip.MustParsePrefix("127.0.0.0/8")
 // staticChains is banger's ruleset, less the published ports.
 func staticChains(bridge string, pool netip.Prefix) []chainSpec {
 	v := fmt.Sprintf("banger/v%d", rulesetVersion)
+	// Guests do not reach published ports through the host: they are for
+	// the outside world and the host itself. VMs reach each other directly
+	// on a shared network. (Where br_netfilter is loaded, a DNAT back into
+	// the bridge is switched at L2 between isolated ports, so it could not
+	// work there anyway.)
 	jumpPublish := ruleSpec{
-		comment: v + ": published ports, to a local address",
-		exprs:   cat(nfprotoIPv4(), fibDaddrLocal(), verdict(expr.VerdictJump, publishChain)),
+		comment: fmt.Sprintf("%s: published ports, to a local address, but not from %s", v, bridge),
+		exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge), fibDaddrLocal(), verdict(expr.VerdictJump, publishChain)),
 	}
 	return []chainSpec{{
 		// The bridge has route_localnet=1 so that published ports answer on
@@ -102,14 +107,10 @@ func staticChains(bridge string, pool netip.Prefix) []chainSpec {
 		}, {
 			comment: fmt.Sprintf("%s: published ports reached from the host's loopback, out %s", v, bridge),
 			exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ipPrefix(ipSaddr, expr.CmpOpEq, loopback), masq()),
-		}, {
-			comment: fmt.Sprintf("%s: published ports reached from a guest of %s (hairpin)", v, pool),
-			exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ipPrefix(ipSaddr, expr.CmpOpEq, pool), ctStatusDNAT(), masq()),
 		}},
 	}, {
 		// Default deny towards the host: a guest reaches none of the
-		// host's own addresses (published ports are DNATed before this
-		// and go through forward). banger serves nothing to guests (no
+		// host's own addresses, published ports included. banger serves nothing to guests (no
 		// DHCP, DNS resolvers are written into the guest), so the only
 		// exception is replies to connections the host opened (ssh).
 		name: chainInput, typ: nftables.ChainTypeFilter,

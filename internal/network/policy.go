@@ -13,8 +13,7 @@ import (
 // Egress modes: what a guest reaches beyond its own networks when no
 // allow or deny rule says otherwise.
 const (
-	// EgressInternet: public IPv4 destinations only (see ReservedRanges),
-	// and ports published on the host.
+	// EgressInternet: public IPv4 destinations only (see ReservedRanges).
 	EgressInternet = "internet"
 	// EgressNone: nothing.
 	EgressNone = "none"
@@ -46,8 +45,8 @@ var ReservedRanges = []netip.Prefix{
 }
 
 // Policy is what a VM's guest may reach, besides replies to connections
-// made to it. Guests never reach the host's own addresses (published ports
-// excepted, under EgressInternet), whatever their policy.
+// made to it. Guests never reach the host's own addresses (published
+// ports included), whatever their policy.
 type Policy struct {
 	// Egress is EgressInternet or EgressNone; empty means EgressInternet.
 	Egress string `json:"egress,omitempty"`

@@ -235,10 +235,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	for i, p := range ReservedRanges {
 		reserved[i] = "ip daddr " + p.String() + " drop"
 	}
-	const (
-		published = "ct status dnat accept"
-		noGuest   = "oifname banger0 drop"
-	)
+	const noGuest = "oifname banger0 drop"
 	cases := []struct {
 		name   string
 		policy Policy
@@ -246,7 +243,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	}{{
 		name:   "default: internet, isolated",
 		policy: Policy{},
-		want:   concat([]string{published, noGuest}, reserved, []string{"accept"}),
+		want:   concat([]string{noGuest}, reserved, []string{"accept"}),
 	}, {
 		name:   "none",
 		policy: Policy{Egress: EgressNone},
@@ -276,7 +273,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	}, {
 		name:   "internet with a deny",
 		policy: Policy{Deny: []Rule{mustRule("8.8.8.8:53")}},
-		want: concat([]string{published, noGuest,
+		want: concat([]string{noGuest,
 			"ip daddr 8.8.8.8/32 l4proto tcp th dport 0x0035 drop",
 			"ip daddr 8.8.8.8/32 l4proto udp th dport 0x0035 drop",
 		}, reserved, []string{"accept"}),

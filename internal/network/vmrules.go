@@ -103,14 +103,6 @@ func buildVMRules(bridge string, v VMNet) vmRules {
 		comment: jumpComment(v.Owner, v.IP.String()),
 		exprs:   cat(nfprotoIPv4(), ipPrefix(ipSaddr, expr.CmpOpEq, netip.PrefixFrom(v.IP, 32)), verdict(expr.VerdictJump, chain)),
 	}
-	if p.Egress == EgressInternet {
-		// Ports published on the host, reached via the gateway: DNATed to
-		// a guest, so they would fall under "other guests" below.
-		r.inet = append(r.inet, ruleSpec{
-			comment: "published ports",
-			exprs:   cat(ctStatusDNAT(), verdict(expr.VerdictAccept, "")),
-		})
-	}
 	for _, n := range p.Networks {
 		r.inet = append(r.inet, ruleSpec{
 			comment: "guests of network " + n,

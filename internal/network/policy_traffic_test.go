@@ -1,0 +1,335 @@
+package network
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Addresses of the simulated outside world (TestPolicies, TestTraffic):
+// an uplink from the test's host namespace to an "internet" namespace,
+// which also holds a LAN host (a private address) and a metadata service
+// (link-local), both routed by the host through the uplink.
+const (
+	hostUplink = "11.22.33.1" // the host's other address
+	internetIP = "11.22.33.2" // public
+	lanIP      = "192.168.77.2"
+	metadataIP = "169.254.169.254"
+)
+
+// outside builds the internet namespace behind uplink vt-up.
+func (e *env) outside() netns.NsHandle {
+	t := e.t
+	t.Helper()
+	inet := e.netns("internet")
+	e.veth("vt-up", inet, netip.MustParsePrefix(internetIP+"/24"), netip.Addr{})
+	up, err := e.nl.LinkByName("vt-up")
+	if err == nil {
+		err = e.nl.AddrAdd(up, nlAddr(netip.MustParsePrefix(hostUplink+"/24")))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(inet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{lanIP, metadataIP} {
+		if err := h.AddrAdd(eth0, nlAddr(netip.MustParsePrefix(a+"/32"))); err != nil {
+			t.Fatal(err)
+		}
+		dst := &net.IPNet{IP: net.ParseIP(a).To4(), Mask: net.CIDRMask(32, 32)}
+		if err := e.nl.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP(internetIP)}); err != nil {
+			t.Fatalf("route to %s: %v", a, err)
+		}
+	}
+	return inet
+}
+
+// vmGuest is guest (a veth in its own namespace on the bridge) with the
+// rules ApplyVM gives VM owner under p, for the peer's real MAC.
+func (e *env) vmGuest(role, hostEnd string, addr netip.Addr, owner string, p Policy) netns.NsHandle {
+	t := e.t
+	t.Helper()
+	ns := e.guest(role, hostEnd, addr)
+	v := VMNet{Owner: owner, Tap: hostEnd, IP: addr, MAC: peerMAC(t, ns), Policy: p}
+	if err := e.m.ApplyVM(context.Background(), v); err != nil {
+		t.Fatalf("ApplyVM %s: %v", owner, err)
+	}
+	return ns
+}
+
+func peerMAC(t *testing.T, ns netns.NsHandle) net.HardwareAddr {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eth0.Attrs().HardwareAddr
+}
+
+// TestPolicies: five stand-in guests under different policies, each
+// dialling every kind of destination over TCP and UDP; each reaches
+// exactly what its policy says.
+//
+//	g1 .2 internet, network team ─┐
+//	g2 .3 internet, network team ─┤
+//	g3 .4 internet (isolated)    ─┼ banger0 10.201.0.1 [host] vt-up 11.22.33.1 ── internet 11.22.33.2
+//	g4 .5 none + allows          ─┤                                                lan 192.168.77.2
+//	g5 .6 internet + deny/allow  ─┘                                                metadata 169.254.169.254
+func TestPolicies(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.m.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	inet := e.outside()
+	ip := func(last string) netip.Addr { return netip.MustParseAddr("10.201.0." + last) }
+	team := []string{"team"}
+	g1 := e.vmGuest("g1", "vt-g1", ip("2"), "vm1", Policy{Networks: team})
+	g2 := e.vmGuest("g2", "vt-g2", ip("3"), "vm2", Policy{Networks: team})
+	g3 := e.vmGuest("g3", "vt-g3", ip("4"), "vm3", Policy{})
+	g4 := e.vmGuest("g4", "vt-g4", ip("5"), "vm4", Policy{Egress: EgressNone,
+		Allow: []Rule{mustRule(lanIP + ":53/udp"), mustRule(internetIP + "/32:443/tcp")}})
+	g5 := e.vmGuest("g5", "vt-g5", ip("6"), "vm5", Policy{
+		Deny: []Rule{mustRule(internetIP + ":443")}, Allow: []Rule{mustRule(lanIP + "/32:80/tcp")}})
+
+	for _, g := range []struct {
+		ns   netns.NsHandle
+		name string
+	}{{g1, "g1"}, {g2, "g2"}, {g3, "g3"}, {g4, "g4"}, {g5, "g5"}} {
+		serve(t, g.ns, g.name, "0.0.0.0:80")
+		serveUDP(t, g.ns, g.name, "0.0.0.0:53")
+	}
+	for _, a := range []string{internetIP, lanIP, metadataIP} {
+		serve(t, inet, a, a+":80")
+		serve(t, inet, a, a+":443")
+		serveUDP(t, inet, a, a+":53")
+	}
+	serve(t, e.host, "host-gw", "10.201.0.1:7000")
+	serve(t, e.host, "host-uplink", hostUplink+":7001")
+	serve(t, e.host, "host-any", "0.0.0.0:7002")
+	serveUDP(t, e.host, "host-any", "0.0.0.0:7053")
+	if err := e.m.Publish(ctx, "vm1", ip("2"), Publish{HostPort: 8080, GuestPort: 80, Proto: ProtoTCP}); err != nil {
+		t.Fatal(err)
+	}
+
+	yes := func(what string, ns netns.NsHandle, network, addr, want string) {
+		t.Helper()
+		expectAnswer(t, what, ns, network, addr, want)
+	}
+	no := func(what string, ns netns.NsHandle, network, addr string) {
+		t.Helper()
+		expectNoAnswer(t, what, ns, network, addr)
+	}
+	const masq = " " + hostUplink // what the outside sees of a guest
+
+	t.Run("host", func(t *testing.T) {
+		for _, g := range []struct {
+			ns   netns.NsHandle
+			name string
+		}{{g1, "g1 (internet)"}, {g4, "g4 (none)"}} {
+			no(g.name+" to the gateway's service", g.ns, "tcp4", "10.201.0.1:7000")
+			no(g.name+" to a service on the host's other address", g.ns, "tcp4", hostUplink+":7001")
+			no(g.name+" to a service on all addresses, via the gateway", g.ns, "tcp4", "10.201.0.1:7002")
+			no(g.name+" to a service on all addresses, via the other address", g.ns, "tcp4", hostUplink+":7002")
+			no(g.name+" to a udp service of the host", g.ns, "udp4", "10.201.0.1:7053")
+		}
+		// The host still reaches its guests (replies to its connections).
+		yes("host to g1", e.host, "tcp4", "10.201.0.2:80", "g1 10.201.0.1")
+		yes("host to g4 (none)", e.host, "udp4", "10.201.0.5:53", "g4 10.201.0.1")
+		// ... and, without a guest's policy in the way, the outside world.
+		yes("host to the internet", e.host, "tcp4", internetIP+":80", internetIP+masq)
+	})
+
+	t.Run("internet", func(t *testing.T) {
+		yes("g1 to the internet", g1, "tcp4", internetIP+":80", internetIP+masq)
+		yes("g1 to the internet, udp", g1, "udp4", internetIP+":53", internetIP+masq)
+		yes("g3 to the internet", g3, "tcp4", internetIP+":443", internetIP+masq)
+		no("g1 to the metadata service", g1, "tcp4", metadataIP+":80")
+		no("g1 to the metadata service, udp", g1, "udp4", metadataIP+":53")
+		no("g1 to the lan", g1, "tcp4", lanIP+":80")
+		no("g1 to the lan, udp", g1, "udp4", lanIP+":53")
+	})
+
+	t.Run("none with allows", func(t *testing.T) {
+		yes("g4 to the allowed lan udp port", g4, "udp4", lanIP+":53", lanIP+masq)
+		yes("g4 to the allowed internet tcp port", g4, "tcp4", internetIP+":443", internetIP+masq)
+		no("g4 to the lan, tcp", g4, "tcp4", lanIP+":80")
+		no("g4 to the internet, tcp 80", g4, "tcp4", internetIP+":80")
+		no("g4 to the internet, udp 53", g4, "udp4", internetIP+":53")
+		no("g4 to the metadata service", g4, "tcp4", metadataIP+":80")
+		no("g4 to g1", g4, "tcp4", "10.201.0.2:80")
+		no("g4 to a published port", g4, "tcp4", "10.201.0.1:8080")
+	})
+
+	t.Run("internet with deny and allow", func(t *testing.T) {
+		no("g5 to the denied internet port, tcp", g5, "tcp4", internetIP+":443")
+		yes("g5 to the internet, another port", g5, "tcp4", internetIP+":80", internetIP+masq)
+		yes("g5 to the allowed lan tcp port", g5, "tcp4", lanIP+":80", lanIP+masq)
+		no("g5 to the lan, udp", g5, "udp4", lanIP+":53")
+		no("g5 to the metadata service", g5, "tcp4", metadataIP+":80")
+	})
+
+	t.Run("vm to vm", func(t *testing.T) {
+		guestsAcrossBridge(t, g1, g2, g3)
+	})
+
+	t.Run("published", func(t *testing.T) {
+		yes("published, from the internet", inet, "tcp4", hostUplink+":8080", "g1 "+internetIP)
+		yes("published, host to 127.0.0.1", e.host, "tcp4", "127.0.0.1:8080", "g1 10.201.0.1")
+		// Not from guests: they reach nothing of the host.
+		no("published, g3 via the gateway", g3, "tcp4", "10.201.0.1:8080")
+		no("published, g3 via the host's other address", g3, "tcp4", hostUplink+":8080")
+		no("published, g1 to itself via the gateway", g1, "tcp4", "10.201.0.1:8080")
+	})
+
+	// br_netfilter (Docker, Kubernetes) sends bridged IPv4 through the
+	// inet hooks: the rules must give the same answers either way.
+	t.Run("br_netfilter", func(t *testing.T) {
+		key := "bridge/bridge-nf-call-iptables"
+		if _, err := os.Stat(filepath.Join("/proc/sys/net", key)); err != nil {
+			t.Fatalf("br_netfilter is not available here: %v", err)
+		}
+		for _, v := range []string{"1", "0"} {
+			if err := ensureSysctl(e.host, key, v); err != nil {
+				t.Fatal(err)
+			}
+			guestsAcrossBridge(t, g1, g2, g3)
+			no("g1 to the gateway's service, call-iptables="+v, g1, "tcp4", "10.201.0.1:7000")
+			no("g1 to the metadata service, call-iptables="+v, g1, "tcp4", metadataIP+":80")
+		}
+	})
+
+	t.Run("spoofing", func(t *testing.T) {
+		spoofing(t, e, g1, g2, g3, inet)
+	})
+
+	t.Run("remove", func(t *testing.T) {
+		owners, err := e.m.VMs(ctx)
+		if err != nil || strings.Join(owners, " ") != "vm1 vm2 vm3 vm4 vm5" {
+			t.Fatalf("VMs = %v, %v", owners, err)
+		}
+		if err := e.m.RemoveVM(ctx, "vm3"); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.m.RemoveVM(ctx, "vm3"); err != nil {
+			t.Errorf("RemoveVM again: %v", err)
+		}
+		no("g3 after RemoveVM, to the internet", g3, "tcp4", internetIP+":80")
+		yes("g1 after g3's RemoveVM", g1, "tcp4", internetIP+":80", internetIP+masq)
+		gone, err := e.m.RemoveOrphanVMs(ctx, func(o string) bool { return o == "vm1" || o == "vm4" })
+		if err != nil || strings.Join(gone, " ") != "vm2 vm5" {
+			t.Errorf("RemoveOrphanVMs = %v, %v; want vm2 vm5", gone, err)
+		}
+		no("g1 to g2 after g2's removal", g1, "tcp4", "10.201.0.3:80")
+		yes("g1 after the sweep", g1, "tcp4", internetIP+":80", internetIP+masq)
+		yes("g4 after the sweep", g4, "udp4", lanIP+":53", lanIP+masq)
+		if err := e.m.Unpublish(ctx, "vm1"); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range []string{"vm1", "vm4"} {
+			if err := e.m.RemoveVM(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Nothing of any VM is left: no chain, no jump, no set.
+		rs := ruleset(t, e.m)
+		for _, s := range []string{"chain vm-", `"vm `} {
+			if strings.Contains(rs, s) {
+				t.Errorf("after removing every vm, the inet table still has %q:\n%s", s, rs)
+			}
+		}
+		br := nftList(t, e, "bridge", DefaultTable)
+		if strings.Contains(br, `"vm-`) || strings.Contains(br, `vm vm`) {
+			t.Errorf("after removing every vm, the bridge table still has vm rules:\n%s", br)
+		}
+		inetList := nftList(t, e, "inet", DefaultTable)
+		if strings.Contains(inetList, `"net-`) {
+			t.Errorf("after removing every vm, a network set is left:\n%s", inetList)
+		}
+	})
+}
+
+// guestsAcrossBridge: g1 and g2 share network team and reach each other
+// both ways, TCP and UDP, seeing each other's real address; g3 (isolated)
+// reaches neither, nor they g3.
+func guestsAcrossBridge(t *testing.T, g1, g2, g3 netns.NsHandle) {
+	t.Helper()
+	expectAnswer(t, "g1 to g2 (team)", g1, "tcp4", "10.201.0.3:80", "g2 10.201.0.2")
+	expectAnswer(t, "g2 to g1 (team), udp", g2, "udp4", "10.201.0.2:53", "g1 10.201.0.3")
+	expectNoAnswer(t, "g3 (isolated) to g1", g3, "tcp4", "10.201.0.2:80")
+	expectNoAnswer(t, "g3 (isolated) to g2, udp", g3, "udp4", "10.201.0.3:53")
+	expectNoAnswer(t, "g1 to g3 (isolated)", g1, "tcp4", "10.201.0.4:80")
+}
+
+// spoofing: g3 takes g1's address, then also its MAC. It gets nothing
+// through either way, and g1 keeps its traffic.
+func spoofing(t *testing.T, e *env, g1, g2, g3, inet netns.NsHandle) {
+	h, err := netlink.NewHandleAt(g3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen := netip.MustParsePrefix("10.201.0.2/24")
+	if err := h.AddrAdd(eth0, nlAddr(stolen)); err != nil {
+		t.Fatal(err)
+	}
+	from := &net.TCPAddr{IP: net.ParseIP("10.201.0.2")}
+	fromUDP := &net.UDPAddr{IP: net.ParseIP("10.201.0.2")}
+	try := func(how string) {
+		t.Helper()
+		if got, err := askFrom(g3, "tcp4", from, internetIP+":80"); err == nil {
+			t.Errorf("%s: g3 as g1 reached the internet: %q", how, got)
+		}
+		if got, err := askFrom(g3, "udp4", fromUDP, internetIP+":53"); err == nil {
+			t.Errorf("%s: g3 as g1 reached the internet over udp: %q", how, got)
+		}
+		if got, err := askFrom(g3, "tcp4", from, "10.201.0.3:80"); err == nil {
+			t.Errorf("%s: g3 as g1 reached g2 (g1's network): %q", how, got)
+		}
+		// The host still sends g1's traffic to g1.
+		expectAnswer(t, how+": host to g1", e.host, "tcp4", "10.201.0.2:80", "g1 10.201.0.1")
+		expectAnswer(t, how+": g2 to g1", g2, "tcp4", "10.201.0.2:80", "g1 10.201.0.3")
+	}
+	try("g1's address")
+
+	// And g1's MAC too: now nothing from g3 passes the bridge, and the
+	// bridge does not learn g1's MAC on g3's port.
+	mine := eth0.Attrs().HardwareAddr
+	if err := h.LinkSetHardwareAddr(eth0, peerMAC(t, g1)); err != nil {
+		t.Fatal(err)
+	}
+	try("g1's address and MAC")
+	expectNoAnswer(t, "g3 with g1's MAC, from its own address", g3, "tcp4", internetIP+":80")
+
+	// Back to itself: g3 works again (the test could see it fail).
+	if err := h.LinkSetHardwareAddr(eth0, mine); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrDel(eth0, nlAddr(stolen)); err != nil {
+		t.Fatal(err)
+	}
+	expectAnswer(t, "g3 as itself again", g3, "tcp4", internetIP+":80", internetIP+" "+hostUplink)
+}
