@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Addresses of the simulated outside world (TestPolicies, TestTraffic):
@@ -314,15 +316,35 @@ func spoofing(t *testing.T, e *env, g1, g2, g3, inet netns.NsHandle) {
 		expectAnswer(t, how+": g2 to g1", g2, "tcp4", "10.201.0.2:80", "g1 10.201.0.3")
 	}
 	try("g1's address")
+	// Nor one way: a spoofed datagram never arrives (its answer would go
+	// to g1, so only the receiver can tell).
+	sink := listenUDP(t, inet, internetIP+":5000")
+	sendUDP(t, g3, fromUDP, internetIP+":5000", "spoofed")
+	sendUDP(t, g1, nil, internetIP+":5000", "marker")
+	if got := sink(); got != "marker from "+hostUplink {
+		t.Errorf("the internet received %q first, want g1's marker (a spoofed datagram got through)", got)
+	}
 
 	// And g1's MAC too: now nothing from g3 passes the bridge, and the
-	// bridge does not learn g1's MAC on g3's port.
+	// bridge does not learn g1's MAC on g3's port. g3 is told the
+	// gateway's MAC, so its IPv4 frames go out without any ARP first.
 	mine := eth0.Attrs().HardwareAddr
 	if err := h.LinkSetHardwareAddr(eth0, peerMAC(t, g1)); err != nil {
 		t.Fatal(err)
 	}
-	try("g1's address and MAC")
+	br, err := e.nl.LinkByName(e.m.Bridge())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, State: netlink.NUD_PERMANENT, IP: net.ParseIP("10.201.0.1"), HardwareAddr: br.Attrs().HardwareAddr}); err != nil {
+		t.Fatal(err)
+	}
 	expectNoAnswer(t, "g3 with g1's MAC, from its own address", g3, "tcp4", internetIP+":80")
+	// The bridge would otherwise send g1's frames to g3 from now on.
+	if port := fdbPort(t, e, peerMAC(t, g1)); port != "vt-g1" {
+		t.Errorf("the bridge learned g1's MAC on port %q, want vt-g1", port)
+	}
+	try("g1's address and MAC")
 
 	// Back to itself: g3 works again (the test could see it fail).
 	if err := h.LinkSetHardwareAddr(eth0, mine); err != nil {
@@ -332,4 +354,68 @@ func spoofing(t *testing.T, e *env, g1, g2, g3, inet netns.NsHandle) {
 		t.Fatal(err)
 	}
 	expectAnswer(t, "g3 as itself again", g3, "tcp4", internetIP+":80", internetIP+" "+hostUplink)
+}
+
+// listenUDP listens on addr in ns; the function returned reads the next
+// datagram: "PAYLOAD from SOURCE".
+func listenUDP(t *testing.T, ns netns.NsHandle, addr string) func() string {
+	t.Helper()
+	var pc net.PacketConn
+	err := inNetNS(ns, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return func() string {
+		buf := make([]byte, 100)
+		pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return err.Error()
+		}
+		return string(buf[:n]) + " from " + from.(*net.UDPAddr).IP.String()
+	}
+}
+
+// sendUDP sends one datagram from ns (from local, when set).
+func sendUDP(t *testing.T, ns netns.NsHandle, local *net.UDPAddr, addr, payload string) {
+	t.Helper()
+	err := inNetNS(ns, func() error {
+		c, err := net.DialUDP("udp4", local, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte(payload))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fdbPort is the bridge port the bridge forwards frames for mac to.
+func fdbPort(t *testing.T, e *env, mac net.HardwareAddr) string {
+	t.Helper()
+	br, err := e.nl.LinkByName(e.m.Bridge())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := e.nl.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range entries {
+		if n.HardwareAddr.String() != mac.String() || n.MasterIndex != br.Attrs().Index {
+			continue
+		}
+		if l, err := e.nl.LinkByIndex(n.LinkIndex); err == nil {
+			return l.Attrs().Name
+		}
+	}
+	return ""
 }
