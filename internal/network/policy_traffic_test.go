@@ -2,10 +2,14 @@ package network
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/errdefs"
 )
 
 // Addresses of the simulated outside world (TestPolicies, TestTraffic):
@@ -418,4 +424,148 @@ func fdbPort(t *testing.T, e *env, mac net.HardwareAddr) string {
 		}
 	}
 	return ""
+}
+
+// nftText is `nft list table FAMILY NAME` in the test's host namespace:
+// rules, chains, sets and their elements, without handles; its lines
+// sorted, as the order of the per-VM jumps does not matter.
+func nftText(t *testing.T, e *env, family string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", e.nsName("host"), "nft", "list", "table", family, e.m.Table()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list table %s %s: %v: %s", family, e.m.Table(), err, out)
+	}
+	lines := strings.Split(string(out), "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// TestApplyVMLifecycle: ApplyVM is idempotent and replaces a VM's rules,
+// network sets follow their members, a restarted daemon (a new Manager)
+// finds every VM's rules, EnsureHost keeps them, bad input changes
+// nothing, and Teardown leaves no table behind.
+func TestApplyVMLifecycle(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	m := e.m
+	if err := m.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mac := func(b byte) net.HardwareAddr { return net.HardwareAddr{0x06, 0xfc, 0, 0, 0, b} }
+	a := VMNet{Owner: "vma", Tap: "tap-fc-a", IP: netip.MustParseAddr("10.201.0.2"), MAC: mac(2), Policy: Policy{Networks: []string{"x", "y"}}}
+	b := VMNet{Owner: "vmb", Tap: "tap-fc-b", IP: netip.MustParseAddr("10.201.0.3"), MAC: mac(3), Policy: Policy{Egress: EgressNone, Networks: []string{"y"}}}
+	// A VM's rules go in with no tap yet (the daemon applies them before
+	// the VMM opens it): the rules name the tap.
+	for _, v := range []VMNet{a, b} {
+		if err := m.ApplyVM(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sets := func() map[string]string {
+		t.Helper()
+		c, err := m.nft()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, ok, err := m.readVMs(c)
+		if err != nil || !ok {
+			t.Fatalf("readVMs: %v %v", ok, err)
+		}
+		out := map[string]string{}
+		for name, addrs := range st.sets {
+			s := make([]string, len(addrs))
+			for i, a := range addrs {
+				s[i] = a.String()
+			}
+			slices.Sort(s)
+			out[name] = strings.Join(s, " ")
+		}
+		return out
+	}
+	if got, want := sets(), map[string]string{"net-x": "10.201.0.2", "net-y": "10.201.0.2 10.201.0.3"}; !maps.Equal(got, want) {
+		t.Errorf("sets = %v, want %v", got, want)
+	}
+	inet, bridge := nftText(t, e, "inet"), nftText(t, e, "bridge")
+	if err := m.ApplyVM(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if nftText(t, e, "inet") != inet || nftText(t, e, "bridge") != bridge {
+		t.Errorf("ApplyVM of the same VM again changed the tables:\n%s\n%s\nwant:\n%s\n%s", nftText(t, e, "inet"), nftText(t, e, "bridge"), inet, bridge)
+	}
+
+	// A new policy replaces the old one: one jump per VM, sets follow.
+	a2 := a
+	a2.Policy = Policy{Egress: EgressNone, Networks: []string{"z"}}
+	if err := m.ApplyVM(ctx, a2); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sets(), map[string]string{"net-y": "10.201.0.3", "net-z": "10.201.0.2"}; !maps.Equal(got, want) {
+		t.Errorf("sets after the policy change = %v, want %v", got, want)
+	}
+	inet = nftText(t, e, "inet")
+	if n := strings.Count(inet, `comment "vm vma `); n != 1 {
+		t.Errorf("%d jumps for vma after the policy change, want 1:\n%s", n, inet)
+	}
+	if strings.Contains(inet, "internet: not") || !strings.Contains(inet, "chain vm-vma {") {
+		t.Errorf("vma's chain is not its new policy (none):\n%s", inet)
+	}
+	if got := strings.Count(nftText(t, e, "bridge"), `comment "vm vma `); got != 1 {
+		t.Errorf("%d port jumps for vma, want 1", got)
+	}
+
+	// Bad input is refused and changes nothing.
+	inet, bridge = nftText(t, e, "inet"), nftText(t, e, "bridge")
+	for _, bad := range []VMNet{
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.99.0.4"), MAC: mac(4)},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.1"), MAC: mac(4)},
+		{Owner: "vm c", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4)},
+		{Owner: "vmc", Tap: "tap/c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4)},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: Policy{Egress: "all"}},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: Policy{Networks: []string{"A B"}}},
+	} {
+		if err := m.ApplyVM(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("ApplyVM(%+v) = %v, want invalid argument", bad, err)
+		}
+	}
+	if nftText(t, e, "inet") != inet || nftText(t, e, "bridge") != bridge {
+		t.Error("a refused ApplyVM changed the tables")
+	}
+
+	// A restarted daemon finds both VMs; EnsureHost keeps their rules.
+	m2, err := New(Config{Pool: m.Pool(), NetNS: e.host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if owners, err := m2.VMs(ctx); err != nil || strings.Join(owners, " ") != "vma vmb" {
+		t.Errorf("VMs after a restart = %v, %v", owners, err)
+	}
+	if nftText(t, e, "inet") != inet || nftText(t, e, "bridge") != bridge {
+		t.Error("EnsureHost changed the VMs' rules")
+	}
+	if err := m2.RemoveVM(ctx, "vmb"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sets(), map[string]string{"net-z": "10.201.0.2"}; !maps.Equal(got, want) {
+		t.Errorf("sets after removing vmb = %v, want %v", got, want)
+	}
+
+	// Teardown removes both tables, and with them every VM's rules.
+	if err := m.Teardown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ip", "netns", "exec", e.nsName("host"), "nft", "list", "tables").CombinedOutput()
+	if err != nil || strings.Contains(string(out), DefaultTable) {
+		t.Errorf("tables after Teardown: %s %v", out, err)
+	}
+	if err := m.RemoveVM(ctx, "vma"); err != nil {
+		t.Errorf("RemoveVM with no tables: %v", err)
+	}
+	if err := m.ApplyVM(ctx, a); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("ApplyVM with no tables = %v, want failed precondition", err)
+	}
 }
