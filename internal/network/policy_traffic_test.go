@@ -235,11 +235,20 @@ func TestPolicies(t *testing.T) {
 		if err != nil || strings.Join(owners, " ") != "vm1 vm2 vm3 vm4 vm5" {
 			t.Fatalf("VMs = %v, %v", owners, err)
 		}
+		// A UDP flow of g3's, answered once; after RemoveVM the same flow
+		// must not reach g3's address any more.
+		flow := udpFlow(t, g3, "10.201.0.4:40999", inet, internetIP+":5300")
+		if got := flow(); got != "reply" {
+			t.Fatalf("g3's udp flow before RemoveVM: %q", got)
+		}
 		if err := e.m.RemoveVM(ctx, "vm3"); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.m.RemoveVM(ctx, "vm3"); err != nil {
 			t.Errorf("RemoveVM again: %v", err)
+		}
+		if got := flow(); got == "reply" {
+			t.Error("an established udp flow still reaches g3's address after RemoveVM")
 		}
 		no("g3 after RemoveVM, to the internet", g3, "tcp4", internetIP+":80")
 		yes("g1 after g3's RemoveVM", g1, "tcp4", internetIP+":80", internetIP+masq)
@@ -567,5 +576,50 @@ func TestApplyVMLifecycle(t *testing.T) {
 	}
 	if err := m.ApplyVM(ctx, a); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("ApplyVM with no tables = %v, want failed precondition", err)
+	}
+}
+
+// udpFlow opens a UDP socket on local in ns and one on remote in peer,
+// and sends a datagram from local to remote so that the flow exists. The
+// function returned makes remote answer on the same flow, and returns
+// what local received ("reply") or the error.
+func udpFlow(t *testing.T, ns netns.NsHandle, local string, peer netns.NsHandle, remote string) func() string {
+	t.Helper()
+	var lc, rc net.PacketConn
+	err := inNetNS(ns, func() error {
+		var err error
+		lc, err = net.ListenPacket("udp4", local)
+		return err
+	})
+	if err == nil {
+		err = inNetNS(peer, func() error {
+			var err error
+			rc, err = net.ListenPacket("udp4", remote)
+			return err
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lc.Close(); rc.Close() })
+	if _, err := lc.WriteTo([]byte("hi"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort(remote))); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	rc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, from, err := rc.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("the flow's first datagram did not arrive: %v", err)
+	}
+	return func() string {
+		if _, err := rc.WriteTo([]byte("reply"), from); err != nil {
+			return err.Error()
+		}
+		lc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := lc.ReadFrom(buf)
+		if err != nil {
+			return err.Error()
+		}
+		return string(buf[:n])
 	}
 }

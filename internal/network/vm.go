@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/banger-vm/banger/errdefs"
 )
@@ -240,9 +241,13 @@ func (m *Manager) removeVMs(ctx context.Context, keep func(string) bool) ([]stri
 		return nil, err
 	}
 	var gone []string
-	for o := range st.vms {
+	var addrs []netip.Addr
+	for o, e := range st.vms {
 		if !keep(o) {
 			gone = append(gone, o)
+			if e.ip.IsValid() {
+				addrs = append(addrs, e.ip)
+			}
 		}
 	}
 	if len(gone) == 0 {
@@ -253,7 +258,26 @@ func (m *Manager) removeVMs(ctx context.Context, keep func(string) bool) ([]stri
 	if err := c.Flush(); err != nil {
 		return nil, classify(fmt.Errorf("remove network rules of vms %q: nftables batch in table %q: %w", gone, m.table.Name, err))
 	}
+	for _, a := range addrs {
+		m.forgetGuestFlows(a)
+	}
 	return gone, nil
+}
+
+// forgetGuestFlows deletes the conntrack entries of a guest address whose
+// VM is gone: replies of its flows are let in as established, and would
+// reach the next VM given the address. Best effort: the rules are gone.
+func (m *Manager) forgetGuestFlows(ip netip.Addr) {
+	for _, dir := range []netlink.ConntrackFilterType{netlink.ConntrackOrigSrcIP, netlink.ConntrackReplySrcIP} {
+		f := &netlink.ConntrackFilter{}
+		err := f.AddIP(dir, ip.AsSlice())
+		if err == nil {
+			_, err = m.nl.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.FAMILY_V4, f)
+		}
+		if err != nil {
+			m.log.Warn("could not forget the connections of a removed vm's address", "ip", ip.String(), "error", err)
+		}
+	}
 }
 
 // change queues, on c, the removal of the VMs gone and the (re)install of
