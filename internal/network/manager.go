@@ -46,6 +46,12 @@ type Config struct {
 	NetNS netns.NsHandle
 	// Logger receives warnings about best-effort cleanups. Default: discard.
 	Logger *slog.Logger
+	// GuestDNS are the resolvers written into guests: VMs with egress
+	// EgressInternet reach them on port 53 (TCP and UDP) even in a
+	// reserved range (a LAN or cloud resolver), unless a deny rule says
+	// otherwise. A resolver on the host itself is not reachable: guests
+	// reach nothing of the host.
+	GuestDNS []netip.Addr
 }
 
 // Manager owns banger's host networking in one network namespace: the
@@ -57,6 +63,7 @@ type Manager struct {
 	pool   Pool
 	table  *nftables.Table // family inet: NAT, host input, per-VM egress
 	btable *nftables.Table // family bridge, same name: per-tap anti-spoofing
+	dns    []netip.Addr
 	log    *slog.Logger
 
 	mu sync.Mutex // serializes every change (and the publish conflict check)
@@ -90,6 +97,11 @@ func New(cfg Config) (*Manager, error) {
 	if len(cfg.Table) > 255 {
 		return nil, errdefs.InvalidArgument("nftables table name %q is longer than 255 bytes", cfg.Table)
 	}
+	for _, a := range cfg.GuestDNS {
+		if !a.Unmap().Is4() {
+			return nil, errdefs.InvalidArgument("guest dns server %s: only IPv4 is supported (guests have no IPv6)", a)
+		}
+	}
 	ns, err := openNetNS(cfg.NetNS)
 	if err != nil {
 		return nil, errdefs.InvalidArgument("network namespace: %w", err)
@@ -104,6 +116,7 @@ func New(cfg Config) (*Manager, error) {
 		pool:   cfg.Pool,
 		table:  &nftables.Table{Name: cfg.Table, Family: tableFamily},
 		btable: &nftables.Table{Name: cfg.Table, Family: bridgeFamily},
+		dns:    slices.Clone(cfg.GuestDNS),
 		log:    cfg.Logger,
 		ns:     ns,
 		nl:     nl,

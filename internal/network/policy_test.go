@@ -215,7 +215,7 @@ var testVM = VMNet{
 // The bridge chain is the same for every policy: the VM's MAC, its IP in
 // ARP and IPv4, nothing else.
 func TestVMRulesAntiSpoofing(t *testing.T) {
-	r := buildVMRules("banger0", testVM)
+	r := buildVMRules("banger0", nil, testVM)
 	if got, want := renderExprs(r.portJump.exprs), "iifname tap-fc-abc123 jump vm-abc123"; got != want {
 		t.Errorf("port jump = %q, want %q", got, want)
 	}
@@ -238,6 +238,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	const noGuest = "oifname banger0 drop"
 	cases := []struct {
 		name   string
+		dns    []netip.Addr
 		policy Policy
 		want   []string
 	}{{
@@ -277,12 +278,25 @@ func TestVMRulesPolicies(t *testing.T) {
 			"ip daddr 8.8.8.8/32 l4proto tcp th dport 0x0035 drop",
 			"ip daddr 8.8.8.8/32 l4proto udp th dport 0x0035 drop",
 		}, reserved, []string{"accept"}),
+	}, {
+		name:   "internet with guest dns",
+		dns:    []netip.Addr{netip.MustParseAddr("192.168.1.1")},
+		policy: Policy{},
+		want: concat([]string{noGuest,
+			"ip daddr 192.168.1.1/32 l4proto tcp th dport 0x0035 accept",
+			"ip daddr 192.168.1.1/32 l4proto udp th dport 0x0035 accept",
+		}, reserved, []string{"accept"}),
+	}, {
+		name:   "none ignores guest dns",
+		dns:    []netip.Addr{netip.MustParseAddr("192.168.1.1")},
+		policy: Policy{Egress: EgressNone},
+		want:   []string{noGuest, "drop"},
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			v := testVM
+			v, dns := testVM, c.dns
 			v.Policy = c.policy
-			r := buildVMRules("banger0", v)
+			r := buildVMRules("banger0", dns, v)
 			if got, want := renderExprs(r.egressJump.exprs), "nfproto ipv4 ip saddr 10.201.0.7/32 jump vm-abc123"; got != want {
 				t.Errorf("egress jump = %q, want %q", got, want)
 			}

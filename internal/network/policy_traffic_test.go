@@ -102,8 +102,10 @@ func peerMAC(t *testing.T, ns netns.NsHandle) net.HardwareAddr {
 //	g3 .4 internet (isolated)    ─┼ banger0 10.201.0.1 [host] vt-up 11.22.33.1 ── internet 11.22.33.2
 //	g4 .5 none + allows          ─┤                                                lan 192.168.77.2
 //	g5 .6 internet + deny/allow  ─┘                                                metadata 169.254.169.254
+//
+// The LAN host is also the guests' resolver (Config.GuestDNS).
 func TestPolicies(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(c *Config) { c.GuestDNS = []netip.Addr{netip.MustParseAddr(lanIP)} })
 	ctx := context.Background()
 	if err := e.m.EnsureHost(ctx); err != nil {
 		t.Fatal(err)
@@ -174,7 +176,8 @@ func TestPolicies(t *testing.T) {
 		no("g1 to the metadata service", g1, "tcp4", metadataIP+":80")
 		no("g1 to the metadata service, udp", g1, "udp4", metadataIP+":53")
 		no("g1 to the lan", g1, "tcp4", lanIP+":80")
-		no("g1 to the lan, udp", g1, "udp4", lanIP+":53")
+		no("g1 to the lan, tcp 443", g1, "tcp4", lanIP+":443")
+		yes("g1 to the guests' resolver on the lan", g1, "udp4", lanIP+":53", lanIP+masq)
 	})
 
 	t.Run("none with allows", func(t *testing.T) {
@@ -192,7 +195,7 @@ func TestPolicies(t *testing.T) {
 		no("g5 to the denied internet port, tcp", g5, "tcp4", internetIP+":443")
 		yes("g5 to the internet, another port", g5, "tcp4", internetIP+":80", internetIP+masq)
 		yes("g5 to the allowed lan tcp port", g5, "tcp4", lanIP+":80", lanIP+masq)
-		no("g5 to the lan, udp", g5, "udp4", lanIP+":53")
+		no("g5 to the lan, another port", g5, "tcp4", lanIP+":443")
 		no("g5 to the metadata service", g5, "tcp4", metadataIP+":80")
 	})
 

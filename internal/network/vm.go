@@ -317,7 +317,7 @@ func (m *Manager) change(c *nftables.Conn, st *vmState, gone []string, add *VMNe
 	if add != nil {
 		old := st.vms[add.Owner]
 		drop(add.Owner, false)
-		rules = buildVMRules(m.bridge, *add)
+		rules = buildVMRules(m.bridge, m.dns, *add)
 		for _, t := range []*nftables.Table{m.btable, m.table} {
 			ch := &nftables.Chain{Name: vmChain(add.Owner), Table: t}
 			if old != nil && (t == m.btable && old.portsChain || t == m.table && old.inetChain) {

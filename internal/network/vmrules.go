@@ -62,8 +62,9 @@ func parseJumpComment(c string) (owner, what string, ok bool) {
 	return f[1], f[2], true
 }
 
-// buildVMRules is the exact ruleset of v on bridge. v is validated.
-func buildVMRules(bridge string, v VMNet) vmRules {
+// buildVMRules is the exact ruleset of v on bridge, with the guests'
+// resolvers dns. v is validated.
+func buildVMRules(bridge string, dns []netip.Addr, v VMNet) vmRules {
 	p := v.Policy.Normalize()
 	chain := vmChain(v.Owner)
 	r := vmRules{networks: p.Networks}
@@ -120,6 +121,10 @@ func buildVMRules(bridge string, v VMNet) vmRules {
 		r.inet = append(r.inet, policyRules("allow "+a.String(), a, expr.VerdictAccept)...)
 	}
 	if p.Egress == EgressInternet {
+		for _, a := range dns {
+			dnsRule := Rule{Net: netip.PrefixFrom(a.Unmap(), 32), FromPort: 53, ToPort: 53}
+			r.inet = append(r.inet, policyRules("guest dns "+a.Unmap().String(), dnsRule, expr.VerdictAccept)...)
+		}
 		for _, n := range ReservedRanges {
 			r.inet = append(r.inet, ruleSpec{
 				comment: "internet: not " + n.String(),
