@@ -3,6 +3,7 @@ package network
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -624,5 +625,40 @@ func udpFlow(t *testing.T, ns netns.NsHandle, local string, peer netns.NsHandle,
 			return err.Error()
 		}
 		return string(buf[:n])
+	}
+}
+
+// TestSweepManyVMs: the startup sweep removes any number of orphans (one
+// batch for all of them overflows the netlink socket) and keeps the VMs it
+// is told to.
+func TestSweepManyVMs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.m.EnsureHost(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := 2; i < 2+n; i++ {
+		v := VMNet{
+			Owner: fmt.Sprintf("vm%d", i), Tap: fmt.Sprintf("tap-fc-%d", i),
+			IP: netip.AddrFrom4([4]byte{10, 201, 0, byte(i)}), MAC: net.HardwareAddr{6, 0xfc, 0, 0, 0, byte(i)},
+			Policy: Policy{Networks: []string{"default"}, Allow: []Rule{mustRule("10.0.0.0/8:443/tcp")}},
+		}
+		if err := e.m.ApplyVM(ctx, v); err != nil {
+			t.Fatalf("ApplyVM %s: %v", v.Owner, err)
+		}
+	}
+	gone, err := e.m.RemoveOrphanVMs(ctx, func(o string) bool { return o == "vm7" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gone) != n-1 || slices.Contains(gone, "vm7") {
+		t.Errorf("swept %d vms (vm7 among them: %v), want %d", len(gone), slices.Contains(gone, "vm7"), n-1)
+	}
+	if owners, err := e.m.VMs(ctx); err != nil || strings.Join(owners, " ") != "vm7" {
+		t.Errorf("VMs after the sweep = %v, %v; want vm7", owners, err)
+	}
+	if inet := nftText(t, e, "inet"); !strings.Contains(inet, "elements = { 10.201.0.7 }") {
+		t.Errorf("network set after the sweep is not vm7's address alone:\n%s", inet)
 	}
 }

@@ -219,12 +219,18 @@ func (m *Manager) VMs(ctx context.Context) ([]string, error) {
 	}), nil
 }
 
-// RemoveOrphanVMs removes, in one nftables batch, the rules of every VM
-// owned does not claim (the daemon's startup sweep: owned is "a VM of the
-// store that may be running"), and returns their owners, sorted.
+// RemoveOrphanVMs removes the rules of every VM owned does not claim (the
+// daemon's startup sweep: owned is "a VM of the store that may be
+// running"), each VM's in one nftables batch (sweepBatch VMs a batch), and
+// returns their owners, sorted.
 func (m *Manager) RemoveOrphanVMs(ctx context.Context, owned func(owner string) bool) ([]string, error) {
 	return m.removeVMs(ctx, owned)
 }
+
+// sweepBatch bounds the VMs removed in one nftables batch: the kernel
+// acknowledges every message of a batch, and a few hundred VMs' worth
+// overflow the socket's receive buffer (ENOBUFS).
+const sweepBatch = 32
 
 func (m *Manager) removeVMs(ctx context.Context, keep func(string) bool) ([]string, error) {
 	if err := ctx.Err(); err != nil {
@@ -232,36 +238,43 @@ func (m *Manager) removeVMs(ctx context.Context, keep func(string) bool) ([]stri
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	c, err := m.nft()
-	if err != nil {
-		return nil, err
-	}
-	st, ok, err := m.readVMs(c)
-	if err != nil || !ok {
-		return nil, err
-	}
-	var gone []string
-	var addrs []netip.Addr
-	for o, e := range st.vms {
-		if !keep(o) {
-			gone = append(gone, o)
-			if e.ip.IsValid() {
-				addrs = append(addrs, e.ip)
+	var removed []string
+	for {
+		c, err := m.nft()
+		if err != nil {
+			return removed, err
+		}
+		st, ok, err := m.readVMs(c)
+		if err != nil || !ok {
+			return removed, err
+		}
+		var gone []string
+		for o := range st.vms {
+			if !keep(o) {
+				gone = append(gone, o)
 			}
 		}
+		if len(gone) == 0 {
+			slices.Sort(removed)
+			return removed, nil
+		}
+		slices.Sort(gone)
+		gone = gone[:min(len(gone), sweepBatch)]
+		var addrs []netip.Addr
+		for _, o := range gone {
+			if ip := st.vms[o].ip; ip.IsValid() {
+				addrs = append(addrs, ip)
+			}
+		}
+		m.change(c, st, gone, nil)
+		if err := c.Flush(); err != nil {
+			return removed, classify(fmt.Errorf("remove network rules of vms %q: nftables batch in table %q: %w", gone, m.table.Name, err))
+		}
+		for _, a := range addrs {
+			m.forgetGuestFlows(a)
+		}
+		removed = append(removed, gone...)
 	}
-	if len(gone) == 0 {
-		return nil, nil
-	}
-	slices.Sort(gone)
-	m.change(c, st, gone, nil)
-	if err := c.Flush(); err != nil {
-		return nil, classify(fmt.Errorf("remove network rules of vms %q: nftables batch in table %q: %w", gone, m.table.Name, err))
-	}
-	for _, a := range addrs {
-		m.forgetGuestFlows(a)
-	}
-	return gone, nil
 }
 
 // forgetGuestFlows deletes the conntrack entries of a guest address whose
