@@ -1,5 +1,27 @@
 package network
 
+// What a guest reaches (banger's network isolation):
+//
+//   - The host: nothing. Every packet from the bridge to any of the host's
+//     own addresses is dropped (input chain), published ports included,
+//     except replies to connections the host opened (ssh from the daemon).
+//     banger serves nothing to guests: no DHCP, and the DNS resolvers are
+//     written into the guest (Config.GuestDNS).
+//   - Other guests: only those sharing a named network (Policy.Networks),
+//     any port, both ways. Bridge ports are isolated (IFLA_BRPORT_ISOLATED),
+//     the host answers ARP for every guest (proxy_arp_pvlan) and routes
+//     guest to guest traffic through its forward chain, so it is filtered
+//     the same with or without br_netfilter. Default: no network, isolated.
+//   - Elsewhere, by Policy.Egress: "internet" (default) is public IPv4
+//     only (not ReservedRanges: RFC 1918, CGNAT, link-local and its cloud
+//     metadata services, loopback, multicast...), plus the guest resolvers
+//     on port 53; "none" is nothing. Deny rules come first, then allow
+//     rules (which may open a reserved range, never the host or a guest).
+//   - Its identity is pinned: frames from a VM's tap must carry its MAC,
+//     and its IPv4 address in IPv4 and ARP; nothing else (IPv6, VLAN tags,
+//     other ethertypes) passes. A port of the bridge with no VM's rules
+//     passes nothing.
+
 import (
 	"fmt"
 	"net/netip"
@@ -185,8 +207,12 @@ func (r Rule) protos() []string {
 }
 
 // maxNetworks bounds the named networks of one VM (each is a rule and a
-// set lookup per packet).
-const maxNetworks = 16
+// set lookup per packet); maxRules its allow and deny rules together (each
+// is one or two rules per packet, and one VM's rules go in one batch).
+const (
+	maxNetworks = 16
+	maxRules    = 64
+)
 
 // ParsePolicy builds a policy from the `vm create` flags: --egress (empty
 // for the default), --allow and --deny rules, --network names. Errors are
@@ -220,6 +246,9 @@ func (p Policy) Validate() error {
 	case "", EgressInternet, EgressNone:
 	default:
 		return errdefs.InvalidArgument("egress %q is not %q or %q (hint: --egress internet, or --egress none with --allow rules for what the guest may reach)", p.Egress, EgressInternet, EgressNone)
+	}
+	if n := len(p.Allow) + len(p.Deny); n > maxRules {
+		return errdefs.InvalidArgument("a vm has at most %d allow and deny rules, not %d (hint: use wider CIDRs or port ranges)", maxRules, n)
 	}
 	for _, r := range slices.Concat(p.Allow, p.Deny) {
 		if !r.Net.IsValid() || !r.Net.Addr().Is4() || r.Net != r.Net.Masked() {

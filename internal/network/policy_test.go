@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,6 +95,7 @@ func TestParsePolicy(t *testing.T) {
 		{netws: []string{"-x"}, says: `network name "-x"`},
 		{netws: []string{strings.Repeat("a", 33)}, says: "network name"},
 		{netws: strings.Fields("a b c d e f g h i j k l m n o p q"), says: "at most 16"},
+		{allow: slices.Repeat([]string{"1.1.1.1"}, 40), deny: slices.Repeat([]string{"1.1.1.1"}, 25), says: "at most 64"},
 	}
 	for _, c := range bad {
 		_, err := ParsePolicy(c.egress, c.allow, c.deny, c.netws)
