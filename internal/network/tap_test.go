@@ -63,8 +63,11 @@ func TestTaps(t *testing.T) {
 	case tap.Attrs().Alias != tapAliasPrefix+DefaultBridge:
 		t.Errorf("tap alias = %q, want %q", tap.Attrs().Alias, tapAliasPrefix+DefaultBridge)
 	}
-	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Hairpin {
-		t.Errorf("tap's bridge port: hairpin %v, %v; want hairpin (see Manager.attach)", pi.Hairpin, err)
+	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Isolated {
+		t.Errorf("tap's bridge port: isolated %v, %v; want isolated (see Manager.attach)", pi.Isolated, err)
+	}
+	if g := tap.Attrs().Group; g != portGroup(DefaultBridge) {
+		t.Errorf("tap's group = %d, want the bridge's port group %d", g, portGroup(DefaultBridge))
 	}
 	// A jailed Firecracker runs as its own user: its tap is handed to that uid.
 	jailed := "tap-fc-jail0001"
