@@ -396,6 +396,9 @@ func (m *Manager) ensureTable(t *nftables.Table, specs []chainSpec, keep []strin
 		}
 	}
 	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return errdefs.FailedPrecondition("set up nftables table %s %q: %w (hint: the kernel lacks an nftables feature banger needs: the bridge family (CONFIG_NF_TABLES_BRIDGE), fib, ct or nat expressions)", familyName(t.Family), t.Name, err)
+		}
 		return classify(fmt.Errorf("set up nftables table %s %q: %w", familyName(t.Family), t.Name, err))
 	}
 	if exists {
