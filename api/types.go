@@ -34,6 +34,9 @@ type VM struct {
 	LastOperation *Operation `json:"last_operation,omitempty"`
 	// Unsupported lists driver features this VM does not have, with why.
 	Unsupported map[string]string `json:"unsupported,omitempty"`
+
+	// Network isolation: what the guest may reach.
+	Network NetworkPolicy `json:"network"`
 }
 
 // Runtime is what exists while a VM runs.
@@ -59,6 +62,23 @@ type CreateVMRequest struct {
 	// Publish maps host ports to guest ports while the VM runs:
 	// "HOSTPORT:GUESTPORT[/tcp|/udp]".
 	Publish []string `json:"publish,omitempty"`
+
+	// Network isolation: what the guest may reach; zero: the default
+	// (egress internet, isolated from other guests).
+	Network NetworkPolicy `json:"network,omitzero"`
+}
+
+// NetworkPolicy is what a VM's guest may reach (the body of
+// PUT /v1/vms/{ref}/network, which replaces it on a stopped VM).
+type NetworkPolicy struct {
+	// Egress is "internet" (public destinations only; the default when
+	// empty) or "none".
+	Egress string `json:"egress,omitempty"`
+	// Allow and Deny rules, CIDR[:PORT[-PORT][/tcp|/udp]]; Deny wins.
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+	// Networks are named networks: VMs that share one reach each other.
+	Networks []string `json:"networks,omitempty"`
 }
 
 // SSHTarget is how a client on the daemon's host reaches a VM over SSH

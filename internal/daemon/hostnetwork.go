@@ -17,4 +17,6 @@ type HostNetwork interface {
 	Publish(ctx context.Context, owner string, guestIP netip.Addr, p network.Publish) error
 	Unpublish(ctx context.Context, owner string) error
 	Published(ctx context.Context) ([]network.Published, error)
+	// Each running VM's rules (netpolicy.go).
+	NetPolicyHost
 }

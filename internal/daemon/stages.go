@@ -18,6 +18,7 @@ const (
 	StepImageCheck          = "image.check"
 	StepCleanupStaleRuntime = "cleanup_stale_runtime"
 	StepNetworkTap          = "network.tap"
+	StepNetworkPolicy       = "network.policy"
 	StepVMMLaunch           = "vmm.launch"
 	StepVMMBoot             = "vmm.boot"
 	StepRecordRunning       = "vm.record-running"
@@ -58,4 +59,5 @@ const (
 	StageVMMNotRunning   = "vmm.not-running"
 	StageVMReadopted     = "vm.readopted"
 	StageCreateDiscarded = "vm.create-discarded"
+	StageNetPolicySet    = "network.policy-set"
 )

@@ -38,6 +38,10 @@ type VM struct {
 	Runtime   Runtime
 	CreatedAt time.Time
 	UpdatedAt time.Time
+
+	// Network isolation: what the guest may reach; changed only while the
+	// VM is stopped.
+	NetPolicy NetPolicy
 }
 
 // PortMapping publishes a guest port on the host.

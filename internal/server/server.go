@@ -40,6 +40,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ops", s.vmOps)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/logs", s.vmLogs)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
+	mux.HandleFunc("PUT "+p+"/vms/{ref}/network", s.setVMNetwork)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
 	mux.HandleFunc("POST "+p+"/images/build", s.buildImage)
@@ -231,6 +232,7 @@ func toVM(v *model.VM) api.VM {
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
 	}
+	out.Network = toNetworkPolicy(v.NetPolicy)
 	return out
 }
 

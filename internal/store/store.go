@@ -114,6 +114,10 @@ var migrations = []string{
 	// reads only the VMs in a live state.
 	`CREATE INDEX vms_image ON vms(image_id);
 	CREATE INDEX vms_state ON vms(state);`,
+	// Network isolation: each VM's network policy, JSON (model.NetPolicy).
+	// VMs created before get "{}", the default: egress to public
+	// destinations only, isolated from every other guest.
+	`ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '{}';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
