@@ -75,6 +75,7 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	row("Memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
 	row("Disk", bytesIEC(v.DiskBytes))
 	row("Guest IP", dash(v.GuestIP))
+	row("Network", netSummary(v.Network))
 	if v.Runtime.PID != 0 {
 		row("PID", strconv.Itoa(v.Runtime.PID))
 		row("Accel", dash(v.Runtime.Accel))

@@ -17,6 +17,7 @@ func newVMCommand(g *globals) *cobra.Command {
 		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
 		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
 		newVMRun(g), newVMSSH(g), newVMExec(g), newVMCp(g),
+		newVMSet(g),
 	)
 	return cmd
 }
@@ -67,6 +68,7 @@ func addCreateFlags(g *globals, cmd *cobra.Command, req *api.CreateVMRequest, me
 	}
 	f.StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu (default: the daemon's, auto)")
 	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port while the VM runs: HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
+	addNetworkFlags(cmd, &req.Network)
 }
 
 // applyCreateFlags checks and converts what addCreateFlags declared.
