@@ -145,17 +145,24 @@ func testIsolation(t *testing.T, d *daemon) {
 dev=$(ip -o -4 route show default | awk '{print $5}')
 mine=$(ip -o -4 addr show dev "$dev" | awk '{print $4}')
 mymac=$(cat /sys/class/net/$dev/address)
+echo x >/dev/udp/%[4]s/9; sleep 1
+gwmac=$(ip neigh show %[4]s dev "$dev" | awk '{print $3}')
+echo "dev $dev mine $mine mac $mymac gateway mac $gwmac"
 probe() {
   echo "spoof-$1" >/dev/udp/%[1]s/7002
   timeout 4 bash -c 'exec 3<>/dev/tcp/%[1]s/7002 && head -c 5 <&3' && echo "TCP-WORLD-$1"
   timeout 4 bash -c 'exec 3<>/dev/tcp/%[2]s/22 && head -c 7 <&3' && echo "TCP-CLOSED-$1"
 }
 ip addr flush dev "$dev"; ip addr add %[3]s/24 dev "$dev"; ip route replace default via %[4]s dev "$dev"
+# The gateway's MAC is pinned: the frames leave even though ARP with a
+# stolen address gets no answer.
+ip neigh replace %[4]s lladdr "$gwmac" dev "$dev" nud permanent
 probe ip
 ip link set dev "$dev" address %[5]s
 probe mac
 ip link set dev "$dev" address "$mymac"
 ip addr flush dev "$dev"; ip addr add "$mine" dev "$dev"; ip route replace default via %[4]s dev "$dev"
+ip neigh del %[4]s dev "$dev"
 sleep 1
 echo after >/dev/udp/%[1]s/7002
 touch /tmp/spoof.done
