@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/internal/network"
 )
 
@@ -34,9 +35,14 @@ const (
 //	closed: --network team --egress none --allow publicIP:7001/udp --publish 12223:22
 func testIsolation(t *testing.T, d *daemon) {
 	out := d.addOutside(t)
-	open := d.startVM("open")
-	peer := d.startVM("peer", "--network", "team")
-	closed := d.startVM("closed", "--network", "team", "--egress", "none", "--allow", publicIP+":7001/udp", "--publish", "12223:22")
+	// The three boot together: under TCG on a loaded host one boot can
+	// take minutes.
+	open := d.bootVM("open")
+	peer := d.bootVM("peer", "--network", "team")
+	closed := d.bootVM("closed", "--network", "team", "--egress", "none", "--allow", publicIP+":7001/udp", "--publish", "12223:22")
+	for _, name := range []string{"open", "peer", "closed"} {
+		d.waitSSH(name, 15*time.Minute)
+	}
 	gw := gatewayOf(t, open.GuestIP)
 
 	host := listen(t, d.netns, "tcp/"+gw+":7000", "udp/"+gw+":7000", "tcp/"+hostIP+":7000", "udp/"+hostIP+":7000")
@@ -213,6 +219,30 @@ touch /tmp/spoof.done
 		}
 	})
 	d.must("vm", "delete", "open", "peer", "closed")
+}
+
+// bootVM creates and starts a small Debian VM without waiting for it.
+func (d *daemon) bootVM(name string, extra ...string) api.VM {
+	d.t.Helper()
+	d.must(append([]string{"vm", "create", name, "--cpus", "1", "--memory", "512M", "--vmm", vmmKind()}, extra...)...)
+	d.must("vm", "start", name)
+	return d.show(name)
+}
+
+// waitSSH waits until the VM's SSH answers (vm start --wait on a running
+// VM), for up to timeout.
+func (d *daemon) waitSSH(name string, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r, err := d.run("vm", "start", "--wait", "--wait-timeout", "2m", name)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("vm %s: ssh not ready after %s: %v %s", name, timeout, err, r.stderr)
+		}
+	}
 }
 
 // addOutside makes the namespace playing the internet and links it to the
