@@ -46,7 +46,7 @@ const (
 
 // rulesetVersion is part of every static rule's comment: bump it when the
 // static rules change, so EnsureHost rebuilds the chains of an older banger.
-const rulesetVersion = 2
+const rulesetVersion = 3
 
 type chainSpec struct {
 	name     string
@@ -134,6 +134,13 @@ func staticChains(bridge string, pool netip.Prefix) []chainSpec {
 		rules: []ruleSpec{{
 			comment: fmt.Sprintf("%s: replies into %s", v, bridge),
 			exprs:   cat(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept, "")),
+		}, {
+			// Replies to connections made into the bridge (published
+			// ports from outside, a peer on a shared network): they
+			// passed the rules going in; the guest's egress policy is
+			// for what it starts.
+			comment: fmt.Sprintf("%s: replies out of %s", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), ctState(expr.CtStateBitESTABLISHED), verdict(expr.VerdictAccept, "")),
 		}, {
 			comment: fmt.Sprintf("%s: guests out of %s, by their policy", v, bridge),
 			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictJump, egressChain)),

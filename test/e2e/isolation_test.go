@@ -282,7 +282,7 @@ func (d *daemon) tcpFrom(vm, host, port string) string {
 	r, _ := d.run("vm", "exec", vm, "--", "timeout", "4", "bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port+" && head -c 7 <&3")
 	switch {
 	case r.code == 0 && r.stdout != "":
-		return r.stdout
+		return strings.TrimSpace(r.stdout)
 	case strings.Contains(r.stderr, "Connection refused"):
 		return "refused"
 	case r.code == 124:
