@@ -320,6 +320,7 @@ func TestStaticRules(t *testing.T) {
 	})
 	expectRules(t, "forward", chains[chainForward], []string{
 		"oifname banger0 ct state established,related accept",
+		"iifname banger0 ct state established accept",
 		"iifname banger0 jump egress",
 		"iifname banger0 drop",
 		"oifname banger0 ct status dnat accept",
