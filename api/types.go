@@ -47,6 +47,8 @@ type VM struct {
 	// Agent says how banger reaches the guest: its banger-agent, or ssh
 	// when the image has none (vm show only; issue 10).
 	Agent string `json:"agent,omitempty"`
+	// Network isolation: what the guest may reach.
+	Network NetworkPolicy `json:"network"`
 }
 
 // Exit is how a VM's VMM process ended without banger asking it to.
@@ -85,6 +87,23 @@ type CreateVMRequest struct {
 	// DiskStrategy is the root disk strategy: auto (empty: the daemon's
 	// default), qcow2, reflink, dm-snapshot or sparse-copy.
 	DiskStrategy string `json:"disk_strategy,omitempty"`
+
+	// Network isolation: what the guest may reach; zero: the default
+	// (egress internet, isolated from other guests).
+	Network NetworkPolicy `json:"network,omitzero"`
+}
+
+// NetworkPolicy is what a VM's guest may reach (the body of
+// PUT /v1/vms/{ref}/network, which replaces it on a stopped VM).
+type NetworkPolicy struct {
+	// Egress is "internet" (public destinations only; the default when
+	// empty) or "none".
+	Egress string `json:"egress,omitempty"`
+	// Allow and Deny rules, CIDR[:PORT[-PORT][/tcp|/udp]]; Deny wins.
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+	// Networks are named networks: VMs that share one reach each other.
+	Networks []string `json:"networks,omitempty"`
 }
 
 // SSHTarget is how a client on the daemon's host reaches a VM over SSH

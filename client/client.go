@@ -158,6 +158,12 @@ func (c *Client) KillVM(ctx context.Context, vm, signal string) (api.VM, error) 
 	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/kill", api.KillRequest{Signal: signal}, &out)
 }
 
+// SetVMNetwork replaces the network policy of a stopped VM.
+func (c *Client) SetVMNetwork(ctx context.Context, vm string, p api.NetworkPolicy) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, http.MethodPut, "/vms"+ref(vm)+"/network", p, &out)
+}
+
 func (c *Client) DeleteVM(ctx context.Context, vm string) error {
 	return c.do(ctx, http.MethodDelete, "/vms"+ref(vm), nil, nil)
 }

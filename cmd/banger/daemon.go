@@ -147,7 +147,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	}
 	var hostNet daemon.HostNetwork
 	if !o.noNetwork {
-		netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Table: o.nftTable, Logger: log})
+		netm, err := network.New(network.Config{Bridge: o.bridge, Pool: pool, Table: o.nftTable, Logger: log, GuestDNS: dns})
 		if err != nil {
 			return err
 		}

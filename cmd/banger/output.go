@@ -111,6 +111,7 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 		row("Disk strategy", strategy)
 	}
 	row("Guest IP", dash(v.GuestIP))
+	row("Network", netSummary(v.Network))
 	if v.Runtime.PID != 0 {
 		row("PID", strconv.Itoa(v.Runtime.PID))
 		row("Accel", dash(v.Runtime.Accel))

@@ -17,7 +17,7 @@ func newVMCommand(g *globals) *cobra.Command {
 		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
 		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
 		newVMRun(g), newVMSSH(g), newVMExec(g), newVMCp(g),
-		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g),
+		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g), newVMSet(g),
 	)
 	return cmd
 }
@@ -70,6 +70,7 @@ func addCreateFlags(g *globals, cmd *cobra.Command, req *api.CreateVMRequest, me
 	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port while the VM runs: HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
 	f.StringVar(&req.DiskStrategy, "disk-strategy", "", "root disk strategy: auto, qcow2, reflink, dm-snapshot or sparse-copy (default: the daemon's)")
 	_ = cmd.RegisterFlagCompletionFunc("disk-strategy", cobra.FixedCompletions([]cobra.Completion{"auto", "qcow2", "reflink", "dm-snapshot", "sparse-copy"}, cobra.ShellCompDirectiveNoFileComp))
+	addNetworkFlags(cmd, &req.Network)
 }
 
 // applyCreateFlags checks and converts what addCreateFlags declared.

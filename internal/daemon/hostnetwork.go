@@ -19,4 +19,6 @@ type HostNetwork interface {
 	PublishAll(ctx context.Context, owner string, guestIP netip.Addr, ps []network.Publish) error
 	Unpublish(ctx context.Context, owner string) error
 	Published(ctx context.Context) ([]network.Published, error)
+	// Each running VM's rules (netpolicy.go).
+	NetPolicyHost
 }

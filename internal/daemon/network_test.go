@@ -25,10 +25,13 @@ type fakeNet struct {
 	failUnpub     error
 	failDeleteTp  error
 	failCreateTap error
+	// Network isolation (netpolicy_test.go): each VM's applied rules.
+	vms        map[string]network.VMNet
+	failApplVM error
 }
 
 func newFakeNet() *fakeNet {
-	return &fakeNet{taps: map[string]bool{}, published: map[string][]network.Publish{}}
+	return &fakeNet{taps: map[string]bool{}, published: map[string][]network.Publish{}, vms: map[string]network.VMNet{}}
 }
 
 func (f *fakeNet) EnsureHost(context.Context) error { return nil }

@@ -26,13 +26,14 @@ func TestStartFailureAtEachRealStep(t *testing.T) {
 		undone []string
 	}{
 		{"network.tap", func(e *env, fn *fakeNet) { fn.failCreateTap = boom }, []string{"disk.attach:undone"}},
-		{"cleanup_stale_runtime", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.tap:undone", "disk.attach:undone"}},
+		{"network.policy", func(e *env, fn *fakeNet) { fn.failApplVM = boom }, []string{"network.tap:undone", "disk.attach:undone"}},
+		{"cleanup_stale_runtime", func(e *env, fn *fakeNet) { e.fake.FailCleanup = boom }, []string{"network.policy:undone", "network.tap:undone", "disk.attach:undone"}},
 		{"vmm.launch", func(e *env, fn *fakeNet) { e.fake.OnLaunch = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
+			[]string{"cleanup_stale_runtime:undone", "network.policy:undone", "network.tap:undone", "disk.attach:undone"}},
 		{"vmm.boot", func(e *env, fn *fakeNet) { e.fake.OnBoot = func(context.Context, vmm.Spec) error { return boom } },
-			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.policy:undone", "network.tap:undone", "disk.attach:undone"}},
 		{"cap.publish", func(e *env, fn *fakeNet) { fn.failPublish = boom },
-			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.tap:undone", "disk.attach:undone"}},
+			[]string{"vmm.launch:undone", "cleanup_stale_runtime:undone", "network.policy:undone", "network.tap:undone", "disk.attach:undone"}},
 	}
 	for _, c := range cases {
 		t.Run(c.step, func(t *testing.T) {
@@ -55,8 +56,8 @@ func TestStartFailureAtEachRealStep(t *testing.T) {
 			if v.State != model.StateError || v.Runtime != (model.Runtime{}) {
 				t.Fatalf("recorded %s %+v", v.State, v.Runtime)
 			}
-			if taps, pubs := fn.state(); taps != 0 || pubs != 0 {
-				t.Fatalf("left %d taps, %d published", taps, pubs)
+			if taps, pubs := fn.state(); taps != 0 || pubs != 0 || fn.vmRules() != 0 {
+				t.Fatalf("left %d taps, %d published, %d vms' rules", taps, pubs, fn.vmRules())
 			}
 			for _, p := range e.fake.Processes() {
 				if alive(p) {

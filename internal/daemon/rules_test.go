@@ -284,7 +284,7 @@ func TestTeardownIsDerivedFromTheStartSteps(t *testing.T) {
 			want = append(want, cmp.Or(r.Stage, start[i].Name))
 		}
 	}
-	if !slices.Equal(want, []string{"cap.publish", StageKillRunningVM, StageVMMCleanup, StepNetworkTap, StepDiskAttach}) {
+	if !slices.Equal(want, []string{"cap.publish", StageKillRunningVM, StageVMMCleanup, StepNetworkPolicy, StepNetworkTap, StepDiskAttach}) {
 		t.Fatalf("releases %v", want)
 	}
 	if _, err := e.svc.KillVM(context.Background(), "web", "KILL"); err != nil {
@@ -299,7 +299,7 @@ func TestTeardownIsDerivedFromTheStartSteps(t *testing.T) {
 	}
 	// The VMM is gone after SIGKILL: its release is not held; nor is the
 	// disk's, which holds a device only under dm-snapshot.
-	if !slices.Equal(got, []string{"cap.publish", StageVMMCleanup, StepNetworkTap}) {
+	if !slices.Equal(got, []string{"cap.publish", StageVMMCleanup, StepNetworkPolicy, StepNetworkTap}) {
 		t.Fatalf("teardown stages %v", stages)
 	}
 }

@@ -19,6 +19,7 @@ const (
 	StepDiskAttach          = "disk.attach"
 	StepCleanupStaleRuntime = "cleanup_stale_runtime"
 	StepNetworkTap          = "network.tap"
+	StepNetworkPolicy       = "network.policy"
 	StepVMMLaunch           = "vmm.launch"
 	StepVMMBoot             = "vmm.boot"
 	StepRecordRunning       = "vm.record-running"
@@ -59,4 +60,5 @@ const (
 	StageVMMNotRunning   = "vmm.not-running"
 	StageVMReadopted     = "vm.readopted"
 	StageCreateDiscarded = "vm.create-discarded"
+	StageNetPolicySet    = "network.policy-set"
 )

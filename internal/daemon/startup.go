@@ -51,6 +51,7 @@ func (s *Service) Startup(ctx context.Context) error {
 			}
 		}
 		s.removeStalePublishes(ctx, running)
+		s.reapplyNetPolicies(ctx, vms)
 		removed, err := s.cfg.Network.RemoveOrphanTaps(ctx, func(name string) bool { return owned[name] })
 		if err != nil {
 			s.log.Warn("could not remove orphan taps", "error", err)

@@ -107,6 +107,10 @@ func (s *Service) newVM(ctx context.Context, req api.CreateVMRequest) (*model.VM
 	if err := checkPortsAllowed(ctx, ports); err != nil {
 		return nil, nil, err
 	}
+	netPolicy, err := ParseNetPolicy(model.NetPolicy{Egress: req.Network.Egress, Allow: req.Network.Allow, Deny: req.Network.Deny, Networks: req.Network.Networks})
+	if err != nil {
+		return nil, nil, err
+	}
 	img, err := s.store.ResolveImage(ctx, req.Image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) && req.Image == DefaultImage {
@@ -135,6 +139,7 @@ func (s *Service) newVM(ctx context.Context, req api.CreateVMRequest) (*model.VM
 	v := &model.VM{ID: system.NewID(), Name: req.Name, ImageID: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskBytes: disk, VMM: kind, VMMReason: reason, Ports: ports, State: model.StateCreating,
 		DiskStrategy: string(diskKind), DiskReason: diskReason, OwnerUID: ownerUID(ctx)}
+	v.NetPolicy = netPolicy
 	dir := s.layout.VM(v.ID)
 	v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 	return v, img, nil

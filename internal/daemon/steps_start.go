@@ -49,6 +49,9 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 			},
 			Release: &Release{Held: func() bool { return sc.v.Runtime.Tap != "" },
 				Do: func(ctx context.Context) error { return s.cfg.Network.DeleteTap(ctx, sc.spec.Tap) }}})
+		if nh := s.netPolicyHost(); nh != nil {
+			steps = append(steps, s.netPolicyStep(sc, nh))
+		}
 	}
 	steps = append(steps,
 		Step{Name: StepCleanupStaleRuntime,

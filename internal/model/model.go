@@ -54,6 +54,9 @@ type VM struct {
 	LastExit *Exit
 	// OwnerUID is the uid of the API client that created the VM.
 	OwnerUID int
+	// Network isolation: what the guest may reach; changed only while the
+	// VM is stopped.
+	NetPolicy NetPolicy
 }
 
 // Exit is how a VM's VMM process ended without banger asking it to.

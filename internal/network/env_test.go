@@ -42,7 +42,7 @@ type env struct {
 	nss  map[string]netns.NsHandle // role -> namespace, host included
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, configure ...func(*Config)) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	e := &env{t: t, stem: nsStem(t), nss: map[string]netns.NsHandle{}}
@@ -70,7 +70,11 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(Config{Pool: pool, NetNS: e.host})
+	cfg := Config{Pool: pool, NetNS: e.host}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

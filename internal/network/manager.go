@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -45,6 +46,12 @@ type Config struct {
 	NetNS netns.NsHandle
 	// Logger receives warnings about best-effort cleanups. Default: discard.
 	Logger *slog.Logger
+	// GuestDNS are the resolvers written into guests: VMs with egress
+	// EgressInternet reach them on port 53 (TCP and UDP) even in a
+	// reserved range (a LAN or cloud resolver), unless a deny rule says
+	// otherwise. A resolver on the host itself is not reachable: guests
+	// reach nothing of the host.
+	GuestDNS []netip.Addr
 }
 
 // Manager owns banger's host networking in one network namespace: the
@@ -54,7 +61,9 @@ type Config struct {
 type Manager struct {
 	bridge string
 	pool   Pool
-	table  *nftables.Table
+	table  *nftables.Table // family inet: NAT, host input, per-VM egress
+	btable *nftables.Table // family bridge, same name: per-tap anti-spoofing
+	dns    []netip.Addr
 	log    *slog.Logger
 
 	mu sync.Mutex // serializes every change (and the publish conflict check)
@@ -88,6 +97,11 @@ func New(cfg Config) (*Manager, error) {
 	if len(cfg.Table) > 255 {
 		return nil, errdefs.InvalidArgument("nftables table name %q is longer than 255 bytes", cfg.Table)
 	}
+	for _, a := range cfg.GuestDNS {
+		if !a.Unmap().Is4() {
+			return nil, errdefs.InvalidArgument("guest dns server %s: only IPv4 is supported (guests have no IPv6)", a)
+		}
+	}
 	ns, err := openNetNS(cfg.NetNS)
 	if err != nil {
 		return nil, errdefs.InvalidArgument("network namespace: %w", err)
@@ -101,6 +115,8 @@ func New(cfg Config) (*Manager, error) {
 		bridge: cfg.Bridge,
 		pool:   cfg.Pool,
 		table:  &nftables.Table{Name: cfg.Table, Family: tableFamily},
+		btable: &nftables.Table{Name: cfg.Table, Family: bridgeFamily},
+		dns:    slices.Clone(cfg.GuestDNS),
 		log:    cfg.Logger,
 		ns:     ns,
 		nl:     nl,
@@ -150,7 +166,20 @@ func (m *Manager) EnsureHost(ctx context.Context) error {
 	if err := ensureSysctl(m.ns, "ipv4/conf/"+m.bridge+"/route_localnet", "1"); err != nil {
 		return classify(err)
 	}
-	return m.ensureTable()
+	// Bridge ports are isolated (see attach): guests talk to each other
+	// through the host, which answers their ARP requests for one another
+	// (private-VLAN proxy ARP), at once rather than after a random delay
+	// of up to 0.8 s, and routes what their policies allow.
+	if err := ensureSysctl(m.ns, "ipv4/conf/"+m.bridge+"/proxy_arp_pvlan", "1"); err != nil {
+		return classify(err)
+	}
+	if err := ensureSysctl(m.ns, "ipv4/neigh/"+m.bridge+"/proxy_delay", "0"); err != nil {
+		return classify(err)
+	}
+	if err := m.ensureTable(m.table, staticChains(m.bridge, m.pool.Prefix()), []string{publishChain, egressChain}); err != nil {
+		return err
+	}
+	return m.ensureTable(m.btable, bridgeChains(m.bridge), []string{portsChain})
 }
 
 func (m *Manager) ensureBridge() error {
@@ -243,50 +272,78 @@ func (m *Manager) nft() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// tableExists looks banger's table up without touching any other.
+// tableExists looks banger's inet table up without touching any other.
 func (m *Manager) tableExists(c *nftables.Conn) (bool, error) {
-	tables, err := c.ListTablesOfFamily(tableFamily)
+	return tableExists(c, m.table)
+}
+
+func tableExists(c *nftables.Conn, t *nftables.Table) (bool, error) {
+	tables, err := c.ListTablesOfFamily(t.Family)
 	if err != nil {
 		return false, classify(fmt.Errorf("list nftables tables: %w", err))
 	}
-	for _, t := range tables {
-		if t.Name == m.table.Name {
+	for _, have := range tables {
+		if have.Name == t.Name {
 			return true, nil
 		}
 	}
 	return false, nil
 }
 
-// ensureTable brings banger's table to the static ruleset in one atomic
-// batch, sending nothing when it already matches. The publish chain's rules
-// are kept; chains banger does not know are removed.
-func (m *Manager) ensureTable() error {
+// chainsOf lists the chains of table t, by name.
+func chainsOf(c *nftables.Conn, t *nftables.Table) (map[string]*nftables.Chain, error) {
+	chains, err := c.ListChainsOfTableFamily(t.Family)
+	if err != nil {
+		return nil, classify(fmt.Errorf("list chains of nftables table %s %q: %w", familyName(t.Family), t.Name, err))
+	}
+	out := map[string]*nftables.Chain{}
+	for _, ch := range chains {
+		if ch.Table != nil && ch.Table.Name == t.Name {
+			out[ch.Name] = ch
+		}
+	}
+	return out, nil
+}
+
+func familyName(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyBridge {
+		return "bridge"
+	}
+	return "inet"
+}
+
+// ensureTable brings table t to the static chains specs in one atomic
+// batch, sending nothing when it already matches. The regular chains
+// named in keep are created when missing and keep their rules (per-VM
+// jumps, published ports), and so do the per-VM chains and sets; chains
+// banger does not know are removed.
+func (m *Manager) ensureTable(t *nftables.Table, specs []chainSpec, keep []string) error {
 	c, err := m.nft()
 	if err != nil {
 		return err
 	}
-	specs := staticChains(m.bridge, m.pool.Prefix())
-	exists, err := m.tableExists(c)
+	exists, err := tableExists(c, t)
 	if err != nil {
 		return err
 	}
 	existing := map[string]*nftables.Chain{}
 	if exists {
-		chains, err := c.ListChainsOfTableFamily(tableFamily)
-		if err != nil {
-			return classify(fmt.Errorf("list chains of nftables table %q: %w", m.table.Name, err))
-		}
-		for _, ch := range chains {
-			if ch.Table != nil && ch.Table.Name == m.table.Name {
-				existing[ch.Name] = ch
-			}
+		if existing, err = chainsOf(c, t); err != nil {
+			return err
 		}
 	}
 
 	var flush, del []string
 	var create []chainSpec // chains to add
 	var fill []chainSpec   // chains whose rules to add
-	known := map[string]bool{publishChain: true}
+	known := map[string]bool{}
+	var missing []string // regular chains to add
+	for _, name := range keep {
+		known[name] = true
+		if _, ok := existing[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
 	for _, s := range specs {
 		known[s.name] = true
 		cur, ok := existing[s.name]
@@ -297,9 +354,9 @@ func (m *Manager) ensureTable() error {
 			flush, del = append(flush, s.name), append(del, s.name)
 			create = append(create, s)
 		default:
-			rules, err := c.GetRules(m.table, cur)
+			rules, err := c.GetRules(t, cur)
 			if err != nil {
-				return classify(fmt.Errorf("list rules of chain %q in nftables table %q: %w", s.name, m.table.Name, err))
+				return classify(fmt.Errorf("list rules of chain %q in nftables table %s %q: %w", s.name, familyName(t.Family), t.Name, err))
 			}
 			if slices.Equal(ruleComments(rules), s.comments()) {
 				continue
@@ -309,45 +366,47 @@ func (m *Manager) ensureTable() error {
 		fill = append(fill, s)
 	}
 	for name := range existing {
-		if !known[name] {
+		if !known[name] && !strings.HasPrefix(name, vmChainPrefix) {
 			flush, del = append(flush, name), append(del, name)
 		}
 	}
-	_, havePublish := existing[publishChain]
-	if exists && havePublish && len(fill) == 0 && len(del) == 0 {
+	if exists && len(missing) == 0 && len(fill) == 0 && len(del) == 0 {
 		return nil
 	}
 
 	if !exists {
-		c.AddTable(m.table)
+		c.AddTable(t)
 	}
 	for _, name := range flush {
-		c.FlushChain(&nftables.Chain{Name: name, Table: m.table})
+		c.FlushChain(&nftables.Chain{Name: name, Table: t})
 	}
 	for _, name := range del {
-		c.DelChain(&nftables.Chain{Name: name, Table: m.table})
+		c.DelChain(&nftables.Chain{Name: name, Table: t})
 	}
-	if !havePublish {
-		c.AddChain(&nftables.Chain{Name: publishChain, Table: m.table})
+	for _, name := range missing {
+		c.AddChain(&nftables.Chain{Name: name, Table: t})
 	}
 	for _, s := range create {
-		c.AddChain(s.chain(m.table))
+		c.AddChain(s.chain(t))
 	}
 	for _, s := range fill {
-		ch := &nftables.Chain{Name: s.name, Table: m.table}
+		ch := &nftables.Chain{Name: s.name, Table: t}
 		for _, r := range s.rules {
-			c.AddRule(&nftables.Rule{Table: m.table, Chain: ch, Exprs: r.exprs, UserData: withComment(r.comment)})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r.exprs, UserData: withComment(r.comment)})
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return classify(fmt.Errorf("set up nftables table inet %q: %w", m.table.Name, err))
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return errdefs.FailedPrecondition("set up nftables table %s %q: %w (hint: the kernel lacks an nftables feature banger needs: the bridge family (CONFIG_NF_TABLES_BRIDGE), fib, ct or nat expressions)", familyName(t.Family), t.Name, err)
+		}
+		return classify(fmt.Errorf("set up nftables table %s %q: %w", familyName(t.Family), t.Name, err))
 	}
 	if exists {
 		names := make([]string, len(fill))
 		for i, s := range fill {
 			names[i] = s.name
 		}
-		m.log.Warn("rebuilt nftables chains that differed from banger's ruleset", "table", m.table.Name, "chains", names, "removed", del)
+		m.log.Warn("rebuilt nftables chains that differed from banger's ruleset", "table", t.Name, "family", familyName(t.Family), "chains", names, "removed", del)
 	}
 	return nil
 }
@@ -372,8 +431,10 @@ func (m *Manager) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := m.deleteTable(); err != nil {
-		errs = append(errs, err)
+	for _, t := range []*nftables.Table{m.table, m.btable} {
+		if err := m.deleteTable(t); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if link, err := m.nl.LinkByName(m.bridge); err == nil {
 		if link.Type() != "bridge" {
@@ -387,18 +448,18 @@ func (m *Manager) Teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (m *Manager) deleteTable() error {
+func (m *Manager) deleteTable(t *nftables.Table) error {
 	c, err := m.nft()
 	if err != nil {
 		return err
 	}
-	exists, err := m.tableExists(c)
+	exists, err := tableExists(c, t)
 	if err != nil || !exists {
 		return err
 	}
-	c.DelTable(m.table)
+	c.DelTable(t)
 	if err := c.Flush(); err != nil {
-		return classify(fmt.Errorf("delete nftables table inet %q: %w", m.table.Name, err))
+		return classify(fmt.Errorf("delete nftables table %s %q: %w", familyName(t.Family), t.Name, err))
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package network
 
 import (
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 
@@ -30,12 +31,22 @@ const (
 	chainOutput      = "output"
 	chainPostrouting = "postrouting"
 	chainForward     = "forward"
+	chainInput       = "input"
 	publishChain     = "publish"
+)
+
+// The bridge table (family bridge, same name as the inet table) holds the
+// anti-spoofing rules: its prerouting chain sees each frame with the port
+// it came in on, before the bridge learns its source MAC.
+const (
+	bridgeFamily        = nftables.TableFamilyBridge
+	chainBridgeIngress  = "prerouting"
+	bridgePriorityFirst = -200 // NF_BR_PRI_FILTER_BRIDGED: before br_netfilter (0)
 )
 
 // rulesetVersion is part of every static rule's comment: bump it when the
 // static rules change, so EnsureHost rebuilds the chains of an older banger.
-const rulesetVersion = 1
+const rulesetVersion = 3
 
 type chainSpec struct {
 	name     string
@@ -57,9 +68,14 @@ var loopback = netip.MustParsePrefix("127.0.0.0/8")
 // staticChains is banger's ruleset, less the published ports.
 func staticChains(bridge string, pool netip.Prefix) []chainSpec {
 	v := fmt.Sprintf("banger/v%d", rulesetVersion)
+	// Guests do not reach published ports through the host: they are for
+	// the outside world and the host itself. VMs reach each other directly
+	// on a shared network. (Where br_netfilter is loaded, a DNAT back into
+	// the bridge is switched at L2 between isolated ports, so it could not
+	// work there anyway.)
 	jumpPublish := ruleSpec{
-		comment: v + ": published ports, to a local address",
-		exprs:   cat(nfprotoIPv4(), fibDaddrLocal(), verdict(expr.VerdictJump, publishChain)),
+		comment: fmt.Sprintf("%s: published ports, to a local address, but not from %s", v, bridge),
+		exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge), fibDaddrLocal(), verdict(expr.VerdictJump, publishChain)),
 	}
 	return []chainSpec{{
 		// The bridge has route_localnet=1 so that published ports answer on
@@ -91,27 +107,74 @@ func staticChains(bridge string, pool netip.Prefix) []chainSpec {
 		}, {
 			comment: fmt.Sprintf("%s: published ports reached from the host's loopback, out %s", v, bridge),
 			exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ipPrefix(ipSaddr, expr.CmpOpEq, loopback), masq()),
+		}},
+	}, {
+		// Default deny towards the host: a guest reaches none of the
+		// host's own addresses, published ports included. banger serves nothing to guests (no
+		// DHCP, DNS resolvers are written into the guest), so the only
+		// exception is replies to connections the host opened (ssh).
+		name: chainInput, typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookInput, priority: nftables.ChainPriorityFilter,
+		rules: []ruleSpec{{
+			comment: fmt.Sprintf("%s: replies to the host's connections, from %s", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept, "")),
 		}, {
-			comment: fmt.Sprintf("%s: published ports reached from a guest of %s (hairpin)", v, pool),
-			exprs:   cat(nfprotoIPv4(), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ipPrefix(ipSaddr, expr.CmpOpEq, pool), ctStatusDNAT(), masq()),
+			comment: fmt.Sprintf("%s: nothing else from %s to the host", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictDrop, "")),
 		}},
 	}, {
 		// Policy accept: banger only speaks for traffic to and from its
-		// bridge. Into the guest network, only replies and published ports.
+		// bridge. Out of it, each guest's policy (the egress chain jumps
+		// to its chain by source address, which the bridge table
+		// guarantees); guests without one get nothing. Into it, replies
+		// and published ports. Guest to guest traffic is routed here too:
+		// bridge ports are isolated, the host answers ARP for every guest.
 		name: chainForward, typ: nftables.ChainTypeFilter,
 		hook: nftables.ChainHookForward, priority: nftables.ChainPriorityFilter,
 		rules: []ruleSpec{{
-			comment: fmt.Sprintf("%s: guests out of %s", v, bridge),
-			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictAccept, "")),
-		}, {
 			comment: fmt.Sprintf("%s: replies into %s", v, bridge),
 			exprs:   cat(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept, "")),
+		}, {
+			// Replies to connections made into the bridge (published
+			// ports from outside, a peer on a shared network): they
+			// passed the rules going in; the guest's egress policy is
+			// for what it starts.
+			comment: fmt.Sprintf("%s: replies out of %s", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), ctState(expr.CtStateBitESTABLISHED), verdict(expr.VerdictAccept, "")),
+		}, {
+			comment: fmt.Sprintf("%s: guests out of %s, by their policy", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictJump, egressChain)),
+		}, {
+			comment: fmt.Sprintf("%s: guests with no policy out of %s", v, bridge),
+			exprs:   cat(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictDrop, "")),
 		}, {
 			comment: fmt.Sprintf("%s: published ports into %s", v, bridge),
 			exprs:   cat(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), ctStatusDNAT(), verdict(expr.VerdictAccept, "")),
 		}, {
 			comment: fmt.Sprintf("%s: nothing else into %s", v, bridge),
 			exprs:   cat(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), verdict(expr.VerdictDrop, "")),
+		}},
+	}}
+}
+
+// bridgeChains is the static part of the bridge table: every frame a port
+// of banger's bridge receives goes to its VM's chain (ports jumps by tap);
+// a port with no VM gets nothing through.
+//
+// The ports are told by their interface group (see portGroup): the bridge
+// family's `meta ibrname` is not built into every kernel.
+func bridgeChains(bridge string) []chainSpec {
+	v := fmt.Sprintf("banger/v%d", rulesetVersion)
+	g := portGroup(bridge)
+	return []chainSpec{{
+		name: chainBridgeIngress, typ: nftables.ChainTypeFilter,
+		hook: nftables.ChainHookPrerouting, priority: nftables.ChainPriorityRef(bridgePriorityFirst),
+		rules: []ruleSpec{{
+			comment: fmt.Sprintf("%s: frames from the ports of %s (group %d), by tap", v, bridge, g),
+			exprs:   cat(iifGroup(g), verdict(expr.VerdictJump, portsChain)),
+		}, {
+			comment: fmt.Sprintf("%s: ports of %s (group %d) with no vm", v, bridge, g),
+			exprs:   cat(iifGroup(g), verdict(expr.VerdictDrop, "")),
 		}},
 	}}
 }
@@ -217,6 +280,22 @@ func fibDaddrLocal() []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
+// portGroup is the interface group (IFLA_GROUP) of the guest ports of
+// bridge: a number of its own per bridge name, so two Managers in one
+// namespace tell their ports apart, and never 0 (the default group).
+func portGroup(bridge string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte("banger bridge " + bridge))
+	return h.Sum32()&0x7fffffff | 0x10000
+}
+
+func iifGroup(g uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFGROUP, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(g)},
 	}
 }
 

@@ -158,13 +158,10 @@ func (m *Manager) createTap(name string, owner int) error {
 }
 
 // attach makes link a guest port of the bridge, changing only what
-// differs: labelled (a tap of an older banger is not), enslaved, in
-// hairpin mode, up. Hairpin: where br_netfilter is
-// loaded (any host with Docker or Kubernetes; built in here) the IPv4 hooks
-// run on bridged frames, so a guest reaching its own published port via the
-// gateway is DNATed back out of the bridge port it came in on, which a
-// bridge only does for a port in hairpin mode (what Docker and the CNI
-// bridge plugin do for the same reason).
+// differs: labelled (a tap of an older banger is not), enslaved, isolated,
+// in the bridge's port group, up. (Older bangers set hairpin mode, for
+// guests reaching published ports through the host; guests no longer do,
+// and on an isolated port it lets nothing through.)
 func (m *Manager) attach(link, br netlink.Link) error {
 	name := link.Attrs().Name
 	if link.Attrs().Alias != m.tapAlias() {
@@ -181,9 +178,18 @@ func (m *Manager) attach(link, br netlink.Link) error {
 	if err != nil {
 		return fmt.Errorf("read bridge port flags of %q: %w", name, err)
 	}
-	if !pi.Hairpin {
-		if err := m.nl.LinkSetHairpin(link, true); err != nil {
-			return fmt.Errorf("set hairpin mode on bridge port %q: %w", name, err)
+	// Its group marks it a port of this bridge for the bridge table.
+	if g := int(portGroup(m.bridge)); int(link.Attrs().Group) != g {
+		if err := m.nl.LinkSetGroup(link, g); err != nil {
+			return fmt.Errorf("set the group of bridge port %q: %w", name, err)
+		}
+	}
+	// Isolated: the bridge forwards nothing between guest ports, so guests
+	// reach each other only through the host, where their policies are
+	// (see the forward chain), whether or not br_netfilter is loaded.
+	if !pi.Isolated {
+		if err := m.nl.LinkSetIsolated(link, true); err != nil {
+			return fmt.Errorf("isolate bridge port %q: %w", name, err)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {

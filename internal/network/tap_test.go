@@ -63,8 +63,11 @@ func TestTaps(t *testing.T) {
 	case tap.Attrs().Alias != tapAliasPrefix+DefaultBridge:
 		t.Errorf("tap alias = %q, want %q", tap.Attrs().Alias, tapAliasPrefix+DefaultBridge)
 	}
-	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Hairpin {
-		t.Errorf("tap's bridge port: hairpin %v, %v; want hairpin (see Manager.attach)", pi.Hairpin, err)
+	if pi, err := e.nl.LinkGetProtinfo(tap); err != nil || !pi.Isolated {
+		t.Errorf("tap's bridge port: isolated %v, %v; want isolated (see Manager.attach)", pi.Isolated, err)
+	}
+	if g := tap.Attrs().Group; g != portGroup(DefaultBridge) {
+		t.Errorf("tap's group = %d, want the bridge's port group %d", g, portGroup(DefaultBridge))
 	}
 	// A jailed Firecracker runs as its own user: its tap is handed to that uid.
 	jailed := "tap-fc-jail0001"
@@ -97,6 +100,18 @@ func TestTaps(t *testing.T) {
 	waitFor(t, "the tap's carrier", func() bool { return linkOf(t, e, name).Attrs().RawFlags&unix.IFF_LOWER_UP != 0 })
 	guestMAC := net.HardwareAddr{0x06, 0xfc, 0, 0, 0, 9}
 	guestIP, gw := netip.MustParseAddr("10.201.0.9"), m.Pool().Gateway()
+	// Until ApplyVM gives the tap its VM's rules, nothing gets through.
+	if _, err := exchange(f, arpRequest(guestMAC, guestIP, gw), time.Second, arpReplyFrom(gw, guestIP)); !isTimeout(err) {
+		t.Errorf("ARP through a tap with no vm rules: %v, want no reply", err)
+	}
+	if err := m.ApplyVM(ctx, VMNet{Owner: "vm9", Tap: name, IP: guestIP, MAC: guestMAC}); err != nil {
+		t.Fatal(err)
+	}
+	// Nor with another VM's address.
+	other := netip.MustParseAddr("10.201.0.8")
+	if _, err := exchange(f, arpRequest(guestMAC, other, gw), time.Second, arpReplyFrom(gw, other)); !isTimeout(err) {
+		t.Errorf("ARP with another address through the tap: %v, want no reply", err)
+	}
 	reply, err := exchange(f, arpRequest(guestMAC, guestIP, gw), 3*time.Second, arpReplyFrom(gw, guestIP))
 	if err != nil {
 		t.Fatalf("no ARP reply from the gateway through the tap: %v", err)

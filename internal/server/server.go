@@ -43,6 +43,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+p+"/vms/{ref}/ssh", s.vmSSH)
 	s.snapshotRoutes(mux, p)
 	mux.HandleFunc("GET "+p+"/vms/{ref}/agent", s.vmAgent)
+	mux.HandleFunc("PUT "+p+"/vms/{ref}/network", s.setVMNetwork)
 	mux.HandleFunc("GET "+p+"/images", s.listImages)
 	mux.HandleFunc("POST "+p+"/images/import", s.importImage)
 	mux.HandleFunc("POST "+p+"/images/build", s.buildImage)
@@ -248,6 +249,7 @@ func toVM(v *model.VM) api.VM {
 	if e := v.LastExit; e != nil {
 		out.LastExit = &api.Exit{Known: e.Known, Code: e.Code, Signal: e.Signal, At: e.At, Reason: e.Reason(), LogTail: e.LogTail}
 	}
+	out.Network = toNetworkPolicy(v.NetPolicy)
 	return out
 }
 

@@ -144,6 +144,10 @@ var migrations = []string{
 	ALTER TABLE images ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT 0;`,
 	// guest agent (issue 10): the QEMU virtio-serial socket of a running VM.
 	`ALTER TABLE vms ADD COLUMN agent_socket TEXT NOT NULL DEFAULT '';`,
+	// Network isolation: each VM's network policy, JSON (model.NetPolicy).
+	// VMs created before get "{}", the default: egress to public
+	// destinations only, isolated from every other guest.
+	`ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '{}';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

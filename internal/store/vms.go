@@ -16,7 +16,7 @@ import (
 const vmColumns = `id, name, image_id, vcpus, memory_mib, disk_bytes, vmm, vmm_reason, state, guest_ip,
 	vm_dir, log_path, last_error, ports, host_key, pid, pid_start_time, control_socket, vsock_path, vsock_cid,
 	tap, dm_name, accel, started_at, created_at, updated_at,
-	disk_strategy, disk_reason, last_exit, owner_uid, agent_socket`
+	disk_strategy, disk_reason, last_exit, owner_uid, agent_socket, net_policy`
 
 type scanner interface{ Scan(...any) error }
 
@@ -26,13 +26,13 @@ func scanVM(r scanner) (*model.VM, error) {
 		ip                        sql.NullString
 		started, created, updated int64
 		state, ports              string
-		lastExit                  string
+		lastExit, netPolicy       string
 	)
 	err := r.Scan(&v.ID, &v.Name, &v.ImageID, &v.VCPUs, &v.MemoryMiB, &v.DiskBytes, &v.VMM, &v.VMMReason, &state, &ip,
 		&v.VMDir, &v.LogPath, &v.LastError, &ports, &v.HostKey, &v.Runtime.PID, &v.Runtime.PIDStartTime, &v.Runtime.ControlSocket,
 		&v.Runtime.VsockPath, &v.Runtime.VsockCID, &v.Runtime.Tap, &v.Runtime.DMName, &v.Runtime.Accel,
 		&started, &created, &updated,
-		&v.DiskStrategy, &v.DiskReason, &lastExit, &v.OwnerUID, &v.Runtime.AgentSocket)
+		&v.DiskStrategy, &v.DiskReason, &lastExit, &v.OwnerUID, &v.Runtime.AgentSocket, &netPolicy)
 	if err != nil {
 		return nil, err
 	}
@@ -44,6 +44,9 @@ func scanVM(r scanner) (*model.VM, error) {
 	}
 	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
 		return nil, fmt.Errorf("vm %s ports: %w", v.ID, err)
+	}
+	if err := json.Unmarshal([]byte(netPolicy), &v.NetPolicy); err != nil {
+		return nil, fmt.Errorf("vm %s network policy: %w", v.ID, err)
 	}
 	v.State = model.VMState(state)
 	v.GuestIP = ip.String
@@ -69,6 +72,12 @@ func exitJSON(e *model.Exit) string {
 	return string(b)
 }
 
+// netPolicyJSON: the network policy column ("{}" is the default policy).
+func netPolicyJSON(p model.NetPolicy) string {
+	b, _ := json.Marshal(p) // plain struct: cannot fail
+	return string(b)
+}
+
 func nullIP(ip string) sql.NullString { return sql.NullString{String: ip, Valid: ip != ""} }
 
 // InsertVM records a new VM. Its name and guest IP must be unused.
@@ -79,12 +88,12 @@ func (t *Tx) InsertVM(ctx context.Context, v *model.VM) error {
 	}
 	v.UpdatedAt = now
 	_, err := t.tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		v.ID, v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.CreatedAt), nanos(v.UpdatedAt),
-		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket)
+		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy))
 	if isUnique(err) {
 		return t.whichVMConflict(ctx, v)
 	}
@@ -113,13 +122,13 @@ func (t *Tx) UpdateVM(ctx context.Context, v *model.VM) error {
 	res, err := t.tx.ExecContext(ctx, `UPDATE vms SET name=?, image_id=?, vcpus=?, memory_mib=?, disk_bytes=?,
 		vmm=?, vmm_reason=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, ports=?, host_key=?, pid=?, pid_start_time=?,
 		control_socket=?, vsock_path=?, vsock_cid=?, tap=?, dm_name=?, accel=?, started_at=?, updated_at=?,
-		disk_strategy=?, disk_reason=?, last_exit=?, owner_uid=?, agent_socket=?
+		disk_strategy=?, disk_reason=?, last_exit=?, owner_uid=?, agent_socket=?, net_policy=?
 		WHERE id=?`,
 		v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.UpdatedAt),
-		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, v.ID)
+		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy), v.ID)
 	if isUnique(err) {
 		return t.whichVMConflict(ctx, v)
 	}
