@@ -59,6 +59,9 @@ func (c *Client) dialAgent(ctx context.Context, vm string, wait time.Duration) (
 		return http.ReadResponse(br, req)
 	}()
 	if !stop() {
+		if resp != nil {
+			resp.Body.Close()
+		}
 		conn.Close()
 		return nil, ctx.Err()
 	}

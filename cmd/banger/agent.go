@@ -74,7 +74,7 @@ func runViaAgent(ctx context.Context, c *agent.Client, user string, o execOption
 			if err != nil {
 				return err
 			}
-			defer term.Restore(fd, old)
+			defer func() { _ = term.Restore(fd, old) }() // best effort: the terminal the shell used
 			resize := make(chan agent.WindowSize, 1)
 			winch := make(chan os.Signal, 1)
 			signal.Notify(winch, syscall.SIGWINCH)

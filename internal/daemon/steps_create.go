@@ -76,7 +76,7 @@ func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model
 	if err := RunSteps(ctx, s.buildCreateSteps(op, cc), op); err != nil {
 		return nil, op.finish(fmt.Errorf("create vm %q: %w", v.Name, err))
 	}
-	op.finish(nil)
+	_ = op.finish(nil) // returns its argument
 	if !req.Start {
 		return v, nil
 	}

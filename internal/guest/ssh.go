@@ -65,7 +65,7 @@ func Dial(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath strin
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		// A backstop: ctx's end closes conn first, so that the error is ctx's.
-		conn.SetDeadline(dl.Add(time.Second))
+		_ = conn.SetDeadline(dl.Add(time.Second)) // a fresh TCP conn: cannot fail
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
@@ -83,7 +83,10 @@ func Dial(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath strin
 		}
 		return nil, fmt.Errorf("ssh to vm %q at %s: %w", t.Name, addr, err)
 	}
-	conn.SetDeadline(time.Time{})
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ssh to vm %q at %s: %w", t.Name, addr, err)
+	}
 	client := ssh.NewClient(c, chans, reqs)
 	go keepalive(client)
 	return client, nil
@@ -95,7 +98,7 @@ func Dial(ctx context.Context, t Target, signer ssh.Signer, knownHostsPath strin
 func keepalive(c *ssh.Client) {
 	done := make(chan struct{})
 	go func() {
-		c.Wait()
+		_ = c.Wait() // the connection ended; why does not matter here
 		close(done)
 	}()
 	tick := time.NewTicker(keepaliveInterval)
@@ -202,7 +205,7 @@ func wait(ctx context.Context, s *ssh.Session) (int, error) {
 	case err := <-done:
 		return exitCode(err)
 	case <-ctx.Done():
-		s.Signal(ssh.SIGTERM)
+		_ = s.Signal(ssh.SIGTERM) // best effort: the session is closed next
 		s.Close()
 		return -1, ctx.Err()
 	}
@@ -278,7 +281,7 @@ func Shell(ctx context.Context, c *ssh.Client, stdin *os.File, stdout, stderr io
 		if err != nil {
 			return -1, fmt.Errorf("terminal raw mode: %w", err)
 		}
-		defer term.Restore(fd, old)
+		defer func() { _ = term.Restore(fd, old) }() // best effort: the terminal the shell used
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
 		defer signal.Stop(winch)
@@ -291,7 +294,7 @@ func Shell(ctx context.Context, c *ssh.Client, stdin *os.File, stdout, stderr io
 					return
 				case <-winch:
 					if w, h, err := term.GetSize(fd); err == nil {
-						s.WindowChange(h, w)
+						_ = s.WindowChange(h, w) // a lost resize only mis-sizes the screen
 					}
 				}
 			}

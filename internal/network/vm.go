@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -157,7 +158,9 @@ func (m *Manager) ApplyVM(ctx context.Context, v VMNet) error {
 	if !ok {
 		return errdefs.FailedPrecondition("network rules of vm %q: nftables table %q is missing (hint: the host network is not set up; restarting the daemon sets it up)", v.Owner, m.table.Name)
 	}
-	m.change(c, st, nil, &v)
+	if err := m.change(c, st, nil, &v); err != nil {
+		return fmt.Errorf("network rules of vm %q: %w", v.Owner, err)
+	}
 	if err := c.Flush(); err != nil {
 		return classify(fmt.Errorf("network rules of vm %q: nftables batch in table %q: %w", v.Owner, m.table.Name, err))
 	}
@@ -266,7 +269,9 @@ func (m *Manager) removeVMs(ctx context.Context, keep func(string) bool) ([]stri
 				addrs = append(addrs, ip)
 			}
 		}
-		m.change(c, st, gone, nil)
+		if err := m.change(c, st, gone, nil); err != nil {
+			return removed, fmt.Errorf("remove network rules of vms %q: %w", gone, err)
+		}
 		if err := c.Flush(); err != nil {
 			return removed, classify(fmt.Errorf("remove network rules of vms %q: nftables batch in table %q: %w", gone, m.table.Name, err))
 		}
@@ -296,17 +301,25 @@ func (m *Manager) forgetGuestFlows(ip netip.Addr) {
 // change queues, on c, the removal of the VMs gone and the (re)install of
 // add, then brings the network sets to what the remaining VMs say. st is
 // the state read on c.
-func (m *Manager) change(c *nftables.Conn, st *vmState, gone []string, add *VMNet) {
+func (m *Manager) change(c *nftables.Conn, st *vmState, gone []string, add *VMNet) error {
+	// The queueing calls fail only on a malformed rule or set; nothing is
+	// sent to the kernel before Flush, so the caller drops the batch.
+	var errs []error
+	queued := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	drop := func(owner string, deleteChains bool) {
 		e := st.vms[owner]
 		if e == nil {
 			return
 		}
 		for _, r := range e.ports {
-			c.DelRule(r)
+			queued(c.DelRule(r))
 		}
 		for _, r := range e.egress {
-			c.DelRule(r)
+			queued(c.DelRule(r))
 		}
 		if deleteChains {
 			if e.portsChain {
@@ -353,13 +366,13 @@ func (m *Manager) change(c *nftables.Conn, st *vmState, gone []string, add *VMNe
 		set := &nftables.Set{Table: m.table, Name: name, KeyType: nftables.TypeIPAddr}
 		have, exists := st.sets[name]
 		if !exists {
-			c.AddSet(set, nil)
+			queued(c.AddSet(set, nil))
 		}
 		if add := diff(addrs, have); len(add) > 0 {
-			c.SetAddElements(set, elements(add))
+			queued(c.SetAddElements(set, elements(add)))
 		}
 		if del := diff(have, addrs); len(del) > 0 {
-			c.SetDeleteElements(set, elements(del))
+			queued(c.SetDeleteElements(set, elements(del)))
 		}
 	}
 
@@ -380,6 +393,7 @@ func (m *Manager) change(c *nftables.Conn, st *vmState, gone []string, add *VMNe
 			c.DelSet(&nftables.Set{Table: m.table, Name: name})
 		}
 	}
+	return errors.Join(errs...)
 }
 
 func diff(a, b []netip.Addr) []netip.Addr {

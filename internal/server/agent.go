@@ -86,7 +86,7 @@ func (s *server) vmAgent(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{}) // the server's header and body limits end here
-	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.AgentUpgrade + "\r\n" +
+	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.AgentUpgrade + "\r\n" +
 		api.APIVersionHeader + ": " + api.Version + "\r\n" + api.GuestUserHeader + ": " + s.svc.GuestUser() + "\r\n\r\n")
 	if err := brw.Flush(); err != nil {
 		return

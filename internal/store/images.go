@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -49,7 +50,7 @@ func (t *Tx) ResolveImage(ctx context.Context, ref string) (*model.Image, error)
 	if err == nil {
 		return im, nil
 	}
-	if err != sql.ErrNoRows {
+	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
 	}
 	if len(ref) >= MinPrefix && hexPrefix.MatchString(ref) {

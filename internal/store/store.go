@@ -199,7 +199,7 @@ func view[T any](ctx context.Context, s *Store, fn func(*Tx) (T, error)) (T, err
 	if err != nil {
 		return out, fmt.Errorf("begin read: %w", err)
 	}
-	defer tx.Rollback() // read-only: nothing to commit
+	defer func() { _ = tx.Rollback() }() // read-only: nothing to commit, nothing to lose
 	return fn(&Tx{tx: tx})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -164,7 +165,7 @@ func (t *Tx) ResolveVM(ctx context.Context, ref string) (*model.VM, error) {
 	if err == nil {
 		return v, nil
 	}
-	if err != sql.ErrNoRows {
+	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, err
 	}
 	if len(ref) >= MinPrefix && hexPrefix.MatchString(ref) {

@@ -395,7 +395,7 @@ func TestNoSpace(t *testing.T) {
 		t.Fatalf("noSpace = %v", err)
 	}
 	other := errors.New("other")
-	if noSpace(other, "/x", 1) != other {
+	if got := noSpace(other, "/x", 1); got != other { //nolint:errorlint // identity: the very same error value comes back
 		t.Fatal("noSpace changed an unrelated error")
 	}
 }

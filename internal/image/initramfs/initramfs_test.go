@@ -38,7 +38,7 @@ func readArchive(t *testing.T, data []byte) []entry {
 	var out []entry
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

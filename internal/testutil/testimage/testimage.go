@@ -276,7 +276,9 @@ func ensureKernel(ctx context.Context, cacheDir, busybox string) (string, error)
 	}
 	defer os.RemoveAll(tmp)
 	// apt drops privileges to _apt for downloads when the directory allows it.
-	os.Chmod(tmp, 0o755)
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", fmt.Errorf("testimage: %w", err)
+	}
 	if _, err := run(ctx, tmp, "apt-get", "download", "-q", spec); err != nil {
 		return "", fmt.Errorf("testimage: %w", err)
 	}
