@@ -114,7 +114,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		return err
 	}
 	defer closeLog()
-	log.Info("log caps", "vm_log_cap", vmLogCap, "daemon_log_cap", logCap)
+	log.Debug("log caps", "vm_log_cap", vmLogCap, "daemon_log_cap", logCap)
 	gid := -1
 	if o.socketGroup != "" {
 		grp, err := user.LookupGroup(o.socketGroup)

@@ -151,8 +151,8 @@ func (s *Service) Agent(ctx context.Context, ref string, wait time.Duration) (*a
 	if err != nil {
 		return nil, nil, err
 	}
-	if v.State != model.StateRunning || !s.alive(v) {
-		return nil, v, errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
+	if err := s.notRunning(v); err != nil {
+		return nil, v, err
 	}
 	img, err := s.store.ResolveImage(ctx, v.ImageID)
 	if err != nil {

@@ -163,18 +163,27 @@ func (s *Service) SSHTarget(ctx context.Context, ref string) (*model.VM, string,
 	if err != nil {
 		return nil, "", err
 	}
-	switch {
-	case v.State == model.StatePaused:
-		return nil, "", errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
-	case v.State != model.StateRunning && v.LastExit != nil:
-		return nil, "", errdefs.FailedPrecondition("vm %q is %s (vmm %s) (hint: banger vm start %s)", v.Name, v.State, v.LastExit.Reason(), v.Name)
-	case v.State != model.StateRunning:
-		return nil, "", errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
-	case !s.alive(v):
-		return nil, "", errdefs.FailedPrecondition("vm %q is not running: its vmm process %d exited (hint: banger vm start %s)", v.Name, v.Runtime.PID, v.Name)
+	if err := s.notRunning(v); err != nil {
+		return nil, "", err
 	}
 	if v.GuestIP == "" || s.cfg.Network == nil {
 		return nil, "", errdefs.NotSupported("vm %q has no network: the daemon runs without a host network", v.Name)
 	}
 	return v, s.cfg.GuestUser, nil
+}
+
+// notRunning says why v cannot be reached (paused, stopped with how its
+// VMM ended, or a VMM gone), or nil when it runs.
+func (s *Service) notRunning(v *model.VM) error {
+	switch {
+	case v.State == model.StatePaused:
+		return errdefs.FailedPrecondition("vm %q is paused (hint: banger vm resume %s)", v.Name, v.Name)
+	case v.State != model.StateRunning && v.LastExit != nil:
+		return errdefs.FailedPrecondition("vm %q is %s (vmm %s) (hint: banger vm start %s)", v.Name, v.State, v.LastExit.Reason(), v.Name)
+	case v.State != model.StateRunning:
+		return errdefs.FailedPrecondition("vm %q is %s, not running (hint: banger vm start %s)", v.Name, v.State, v.Name)
+	case !s.alive(v):
+		return errdefs.FailedPrecondition("vm %q is not running: its vmm process %d exited (hint: banger vm start %s)", v.Name, v.Runtime.PID, v.Name)
+	}
+	return nil
 }

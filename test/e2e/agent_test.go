@@ -40,7 +40,7 @@ func TestAgent(t *testing.T) {
 	// start --wait returns once the agent answers ready: exec works at once.
 	d.must("vm", "create", "ag", "--cpus", "1", "--memory", "512M", "--vmm", vmmKind())
 	d.must("vm", "start", "--wait", "ag")
-	if out := d.must("vm", "exec", "ag", "--", "systemctl", "is-active", "banger-agent"); out != "active\n" {
+	if out := d.must("vm", "exec", "ag", "--", "sudo", "systemctl", "is-active", "banger-agent"); out != "active\n" {
 		t.Fatalf("banger-agent unit: %q", out)
 	}
 	v := d.show("ag")

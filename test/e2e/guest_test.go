@@ -112,7 +112,10 @@ func TestGuests(t *testing.T) {
 		// the gateway answers nothing: guests reach nothing of the host (a
 		// dropped connection times out; it is not refused).
 		for _, pair := range [][2]string{{"alpha", b.GuestIP}, {"beta", a.GuestIP}} {
-			if out := d.must("vm", "exec", pair[0], "--", "bash", "-c", "exec 3<>/dev/tcp/"+pair[1]+"/22; head -c 7 <&3"); out != "SSH-2.0" {
+			// start --wait returns when the agent answers; sshd may come up
+			// a little later: wait for it (bounded), then read its banner.
+			probe := "for i in $(seq 180); do (exec 3<>/dev/tcp/" + pair[1] + "/22) 2>/dev/null && break; sleep 1; done; exec 3<>/dev/tcp/" + pair[1] + "/22; head -c 7 <&3"
+			if out := d.must("vm", "exec", pair[0], "--", "bash", "-c", probe); out != "SSH-2.0" {
 				t.Fatalf("%s -> %s:22 read %q", pair[0], pair[1], out)
 			}
 		}

@@ -147,7 +147,8 @@ func TestPauseSnapshotRestore(t *testing.T) {
 			t.Errorf("leaked snapshot dirs: %v", entries)
 		}
 	})
-	v := d.createVM("snap")
+	// A raw disk: the test writes its ticker into rootfs.ext4 with debugfs.
+	v := d.createVM("snap", "--disk-strategy", "sparse-copy")
 	addTicker(t, filepath.Join(v.VMDir, "rootfs.ext4"))
 	d.must("vm", "start", "snap")
 	d.waitTick("snap", 0, 2)
