@@ -139,7 +139,7 @@ func TestGuests(t *testing.T) {
 		os.WriteFile(filepath.Join(src, "file.bin"), bytesOf(123457), 0o644)
 		d.must("vm", "cp", filepath.Join(src, "file.bin"), "alpha:/tmp/file.bin")
 		d.must("vm", "cp", filepath.Join(src, "tree"), "alpha:/tmp/")
-		out := d.must("vm", "exec", "alpha", "--", "sha256sum", "/tmp/file.bin", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin")
+		out := d.must("vm", "exec", "alpha", "--", "sudo", "sha256sum", "/tmp/file.bin", "/tmp/tree/a.txt", "/tmp/tree/sub/b.bin") // cp through the agent writes as root; b.bin is 0600
 		for _, f := range []string{"file.bin", "tree/a.txt", "tree/sub/b.bin"} {
 			if !strings.Contains(out, sha(filepath.Join(src, f))+"  /tmp/"+f) {
 				t.Fatalf("checksum of %s on the guest differs:\n%s", f, out)
