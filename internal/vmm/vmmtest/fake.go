@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -143,8 +144,10 @@ func (f *Fake) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error) {
 	if f.IgnoreTERM {
 		termAction = `echo TERM-ignored >> "$0"`
 	}
-	script := `trap '` + termAction + `' TERM; trap 'echo INT >> "$0"; exit 0' INT; trap 'echo USR1 >> "$0"; exit 0' USR1; trap 'echo USR2 >> "$0"; exit 0' USR2; : > "$1"; while :; do sleep 0.05; done`
-	p, err := vmm.SpawnFor(spec, "/bin/sh", []string{"-c", script, SignalLog(spec), spec.ControlSocket})
+	script := `trap '` + termAction + `' TERM; trap 'echo INT >> "$0"; exit 0' INT; trap 'echo USR1 >> "$0"; exit 0' USR1; trap 'echo USR2 >> "$0"; exit 0' USR2; : > "$1"; while kill -0 "$2" 2>/dev/null; do sleep 0.05; done`
+	// The fake outlives the daemon, as a VMM does, but never the test
+	// process that made it: killed tests leave no fake behind ($2).
+	p, err := vmm.SpawnFor(spec, "/bin/sh", []string{"-c", script, SignalLog(spec), spec.ControlSocket, strconv.Itoa(os.Getpid())})
 	if err != nil {
 		return vmm.Process{}, err
 	}
