@@ -22,6 +22,28 @@ type Snapshot struct {
 	SizeBytes int64           `json:"size_bytes"` // state files and disk clone, as allocated on the host
 	Meta      json.RawMessage `json:"meta,omitempty"`
 	CreatedAt time.Time       `json:"created_at"`
+	// Kind is "user" (vm snapshot create, vm fork) or "warm" (an image's
+	// warm start, made by image warm; deleted with the image).
+	Kind string `json:"kind"`
+}
+
+// ForkVMRequest is the body of POST /v1/vms/{ref}/fork: snapshot the VM
+// and start a new VM from that instant, with its own identity.
+type ForkVMRequest struct {
+	Name string `json:"name"` // the new VM's
+	// Snapshot names the snapshot taken on the way, which is then kept;
+	// empty: a temporary one, deleted once the fork runs.
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// WarmImageRequest is the body of POST /v1/images/{ref}/warm: boot the
+// image once in a VM of this shape and keep a snapshot of it, which vm
+// create then restores instead of booting. Zero values: the defaults of
+// vm create.
+type WarmImageRequest struct {
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	VMM       string `json:"vmm,omitempty"`
 }
 
 // CreateSnapshotRequest is the body of POST /v1/vms/{ref}/snapshots.

@@ -49,6 +49,21 @@ type VM struct {
 	Agent string `json:"agent,omitempty"`
 	// Network isolation: what the guest may reach.
 	Network NetworkPolicy `json:"network"`
+	// Origin is the snapshot the VM was made from (a fork or a warm
+	// start); nil for a VM made from its image (vm show only; issue 12).
+	Origin *Origin `json:"origin,omitempty"`
+}
+
+// Origin is the snapshot a VM was made from.
+type Origin struct {
+	Snapshot   string `json:"snapshot"` // its name when the VM was made
+	SnapshotID string `json:"snapshot_id"`
+	// Warm: the snapshot is its image's warm start (image warm), taken
+	// when vm create found one for the VM's shape.
+	Warm bool `json:"warm,omitempty"`
+	// Pending: the VM has not started yet; its first start restores the
+	// snapshot (then gives the guest the VM's identity) instead of booting.
+	Pending bool `json:"pending"`
 }
 
 // Exit is how a VM's VMM process ended without banger asking it to.
@@ -91,6 +106,13 @@ type CreateVMRequest struct {
 	// Network isolation: what the guest may reach; zero: the default
 	// (egress internet, isolated from other guests).
 	Network NetworkPolicy `json:"network,omitzero"`
+
+	// From makes the VM a fork of a snapshot (name or id): its first start
+	// restores it with the VM's own identity instead of booting. Its shape,
+	// driver, image and disk are the snapshot's (issue 12).
+	From string `json:"from,omitempty"`
+	// Cold boots the image even when it has a warm snapshot of this shape.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // NetworkPolicy is what a VM's guest may reach (the body of

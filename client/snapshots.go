@@ -44,3 +44,17 @@ func (c *Client) GetSnapshot(ctx context.Context, snapshot string) (api.Snapshot
 func (c *Client) DeleteSnapshot(ctx context.Context, snapshot string) error {
 	return c.do(ctx, http.MethodDelete, "/snapshots"+ref(snapshot), nil, nil)
 }
+
+// ForkVM snapshots vm and starts a new VM from that instant with its own
+// identity.
+func (c *Client) ForkVM(ctx context.Context, vm string, req api.ForkVMRequest) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/fork", req, &out)
+}
+
+// WarmImage boots image once and keeps a snapshot of it that vm create
+// restores instead of booting.
+func (c *Client) WarmImage(ctx context.Context, image string, req api.WarmImageRequest) (api.Snapshot, error) {
+	var out api.Snapshot
+	return out, c.do(ctx, http.MethodPost, "/images"+ref(image)+"/warm", req, &out)
+}

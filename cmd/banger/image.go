@@ -11,7 +11,7 @@ import (
 
 func newImageCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Short: "Import and manage guest images"}
-	cmd.AddCommand(newImageBuild(g), newImageImport(g), newImageList(g), newImageShow(g), newImageDelete(g))
+	cmd.AddCommand(newImageBuild(g), newImageImport(g), newImageList(g), newImageShow(g), newImageDelete(g), newImageWarm(g))
 	return cmd
 }
 

@@ -135,6 +135,9 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 	if v.Agent != "" {
 		row("Agent", v.Agent)
 	}
+	if o := v.Origin; o != nil {
+		row("Origin", originSummary(*o))
+	}
 	row("Log", v.LogPath)
 	row("Dir", v.VMDir)
 	row("Created", v.CreatedAt.Local().Format(time.RFC3339))
@@ -280,4 +283,18 @@ func parseSize(s string, defUnit int64) (int64, error) {
 		return 0, errdefs.InvalidArgument("%q is not a size (hint: e.g. 512M, 4G)", s)
 	}
 	return int64(f * float64(mult)), nil
+}
+
+// originSummary is vm show's Origin line: "warm start from snapshot
+// "warm-default-..." (restored at the first start)".
+func originSummary(o api.Origin) string {
+	what := "fork of snapshot"
+	if o.Warm {
+		what = "warm start from image snapshot"
+	}
+	when := "restored at its first start"
+	if o.Pending {
+		when = "its first start restores it"
+	}
+	return fmt.Sprintf("%s %q (%s): %s", what, o.Snapshot, short(o.SnapshotID), when)
 }

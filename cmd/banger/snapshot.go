@@ -172,9 +172,9 @@ func renderSnapshots(w io.Writer, format string, sns []api.Snapshot) error {
 		return writeJSON(w, sns)
 	}
 	t := table(w)
-	fmt.Fprintln(t, "NAME\tID\tVM\tVMM\tVCPUS\tMEMORY\tSIZE\tCREATED")
+	fmt.Fprintln(t, "NAME\tID\tKIND\tVM\tVMM\tVCPUS\tMEMORY\tSIZE\tCREATED")
 	for _, sn := range sns {
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", sn.Name, short(sn.ID), sn.VMName, sn.VMM, sn.VCPUs, sn.MemoryMiB,
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", sn.Name, short(sn.ID), dash(sn.Kind), sn.VMName, sn.VMM, sn.VCPUs, sn.MemoryMiB,
 			bytesIEC(sn.SizeBytes), sn.CreatedAt.Local().Format("2006-01-02 15:04:05"))
 	}
 	return t.Flush()
@@ -188,6 +188,7 @@ func renderSnapshot(w io.Writer, format string, sn api.Snapshot) error {
 	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
 	row("Name", sn.Name)
 	row("ID", sn.ID)
+	row("Kind", dash(sn.Kind))
 	row("VM", fmt.Sprintf("%s (%s)", sn.VMName, short(sn.VMID)))
 	row("Image", fmt.Sprintf("%s (%s)", dash(sn.Image), short(sn.ImageID)))
 	row("VMM", sn.VMM)
@@ -198,4 +199,65 @@ func renderSnapshot(w io.Writer, format string, sn api.Snapshot) error {
 	row("Dir", sn.Dir)
 	row("Created", sn.CreatedAt.Local().Format("2006-01-02 15:04:05 MST"))
 	return t.Flush()
+}
+
+func newVMFork(g *globals) *cobra.Command {
+	var req api.ForkVMRequest
+	cmd := &cobra.Command{
+		Use:   "fork VM NEW",
+		Short: "Snapshot a running VM and start NEW from that instant, with its own name, address, MAC, machine ID and host keys",
+		Long: "Snapshot a running (or paused) VM and start a new VM from that instant: its processes go on in the new VM,\n" +
+			"which gets its own identity through the guest agent before anyone can reach it. The source VM goes on.\n" +
+			"The snapshot is deleted once the fork runs, unless --snapshot names it (then it is kept, and more forks can be made\n" +
+			"from it with vm create NAME --from SNAPSHOT).",
+		Args: cobra.ExactArgs(2),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			return completeVMs(g, 1)(cmd, args, toComplete)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[1]
+			v, err := g.client().ForkVM(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return renderVM(cmd.OutOrStdout(), g.output, v)
+		},
+	}
+	cmd.Flags().StringVar(&req.Snapshot, "snapshot", "", "keep the snapshot taken on the way, under this name")
+	return cmd
+}
+
+func newImageWarm(g *globals) *cobra.Command {
+	var (
+		req    api.WarmImageRequest
+		memory string
+	)
+	cmd := &cobra.Command{
+		Use:   "warm IMAGE",
+		Short: "Boot an image once and keep a snapshot of it: vm create and vm run of that shape then restore it instead of booting",
+		Long: "Boot IMAGE once in a VM of the given shape (the defaults of vm create), wait until it has finished booting,\n" +
+			"snapshot it and delete the VM. vm create and vm run of that image, driver, vCPUs, memory and disk size then\n" +
+			"restore the snapshot and give the guest the new VM's identity through its agent, instead of booting\n" +
+			"(--cold boots). Warming again replaces the snapshot; it is deleted with the image, or with vm snapshot delete.",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeImages(g, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if memory != "" {
+				b, err := parseSize(memory, 1<<20)
+				if err != nil {
+					return err
+				}
+				req.MemoryMiB = int(b >> 20)
+			}
+			sn, err := g.client().WarmImage(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return renderSnapshot(cmd.OutOrStdout(), g.output, sn)
+		},
+	}
+	cmd.Flags().IntVar(&req.VCPUs, "cpus", 0, "virtual CPUs (default 2)")
+	cmd.Flags().StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
+	cmd.Flags().StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu (default: the daemon's, auto)")
+	return cmd
 }

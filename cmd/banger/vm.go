@@ -17,7 +17,7 @@ func newVMCommand(g *globals) *cobra.Command {
 		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
 		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
 		newVMRun(g), newVMSSH(g), newVMExec(g), newVMCp(g),
-		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g), newVMSet(g),
+		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g), newVMFork(g), newVMSet(g),
 	)
 	return cmd
 }
@@ -51,6 +51,8 @@ func newVMCreate(g *globals) *cobra.Command {
 	}
 	addCreateFlags(g, cmd, &req, &memory, &disk)
 	cmd.Flags().BoolVar(&req.Start, "start", false, "start the VM once created")
+	cmd.Flags().StringVar(&req.From, "from", "", "make the VM a fork of this snapshot: its first start restores it with the VM's own identity (shape, image and disk are the snapshot's)")
+	_ = cmd.RegisterFlagCompletionFunc("from", completeSnapshots(g, 0))
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the VM's id")
 	return cmd
 }
@@ -70,6 +72,7 @@ func addCreateFlags(g *globals, cmd *cobra.Command, req *api.CreateVMRequest, me
 	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port while the VM runs: HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
 	f.StringVar(&req.DiskStrategy, "disk-strategy", "", "root disk strategy: auto, qcow2, reflink, dm-snapshot or sparse-copy (default: the daemon's)")
 	_ = cmd.RegisterFlagCompletionFunc("disk-strategy", cobra.FixedCompletions([]cobra.Completion{"auto", "qcow2", "reflink", "dm-snapshot", "sparse-copy"}, cobra.ShellCompDirectiveNoFileComp))
+	f.BoolVar(&req.Cold, "cold", false, "boot the image even if it has a warm snapshot of this shape (see image warm)")
 	addNetworkFlags(cmd, &req.Network)
 }
 

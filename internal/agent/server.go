@@ -240,6 +240,11 @@ func (s *Server) applyIdentity(id Identity) (IdentityResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.identity = false
+	began := time.Now()
+	lap := func(what string) {
+		s.logger.Info("identity: "+what, "ms", time.Since(began).Milliseconds())
+	}
+	defer lap("applied")
 	if id.Hostname != "" {
 		if err := s.sys.SetHostname(id.Hostname); err != nil {
 			return res, fmt.Errorf("identity: set hostname: %w", err)
@@ -260,6 +265,7 @@ func (s *Server) applyIdentity(id Identity) (IdentityResult, error) {
 			return res, fmt.Errorf("identity: set dns: %w", err)
 		}
 	}
+	lap("network and names set")
 	if id.NewHostKeys {
 		keys, err := s.sys.NewHostKeys()
 		if err != nil {

@@ -114,6 +114,7 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 			return fmt.Errorf("%s set mac: %w", link.Attrs().Name, err)
 		}
 		mac = newMAC
+		h.waitNetworkdLetGo(link.Attrs().Index)
 	}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
@@ -343,4 +344,43 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// networkdLinks is where systemd-networkd publishes each link's state.
+const networkdLinks = "/run/systemd/netif/links"
+
+// networkdWait bounds the wait for systemd-networkd to let go of a link.
+const networkdWait = 3 * time.Second
+
+// waitNetworkdLetGo waits until systemd-networkd, if it manages the link
+// with index ifindex, has noticed that the link's new MAC matches none of
+// its .network files and stopped managing it: it then removes the
+// addresses and routes it had configured, and would remove the same
+// address given anew (a fork given its template's IP) if it did so after
+// the agent configured it.
+func (h HostSystem) waitNetworkdLetGo(ifindex int) {
+	state := filepath.Join(networkdLinks, strconv.Itoa(ifindex))
+	deadline := time.Now().Add(networkdWait)
+	for {
+		b, err := os.ReadFile(state)
+		if err != nil || !managedByNetworkd(b) {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.Logger.Warn("systemd-networkd still manages the link after its mac changed", "ifindex", ifindex)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// managedByNetworkd reports whether a networkd link state file says the
+// link is configured (or being configured) by it.
+func managedByNetworkd(state []byte) bool {
+	for _, l := range strings.Split(string(state), "\n") {
+		if v, ok := strings.CutPrefix(l, "ADMIN_STATE="); ok {
+			return v == "configured" || v == "configuring" || v == "pending" || v == "initialized"
+		}
+	}
+	return false
 }

@@ -161,18 +161,26 @@ func (s *Service) Agent(ctx context.Context, ref string, wait time.Duration) (*a
 	if ImageAgent(img) == nil {
 		return nil, v, errdefs.NotSupported("vm %q: image %q has no banger-agent (hint: banger uses ssh for it; images banger builds have the agent)", v.Name, img.Name)
 	}
+	c, err := s.connectAgent(ctx, v, max(wait, agentMinWait))
+	return c, v, err
+}
+
+// connectAgent returns the daemon's connection to v's agent, dialing it
+// (as v's runtime records) and waiting up to wait for the agent to answer
+// ready if there is none. The connection is kept for the next caller.
+func (s *Service) connectAgent(ctx context.Context, v *model.VM, wait time.Duration) (*agent.Client, error) {
 	ac := s.agents.slot(v.ID)
 	ac.mu.Lock()
 	defer ac.mu.Unlock()
 	if ac.c != nil {
-		return ac.c, v, nil
+		return ac.c, nil
 	}
 	dial := func(ctx context.Context) (*agent.Client, error) { return s.dialAgent(ctx, v) }
-	wctx, cancel := context.WithTimeout(ctx, max(wait, agentMinWait))
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	c, _, err := agent.WaitReady(wctx, dial, agentAttemptTimeout)
 	if err != nil {
-		return nil, v, fmt.Errorf("vm %q: %w", v.Name, err)
+		return nil, fmt.Errorf("vm %q: %w", v.Name, err)
 	}
 	ac.c = c
 	go func() {
@@ -183,7 +191,7 @@ func (s *Service) Agent(ctx context.Context, ref string, wait time.Duration) (*a
 		}
 		ac.mu.Unlock()
 	}()
-	return c, v, nil
+	return c, nil
 }
 
 // GuestUser is the account guest commands run as by default.

@@ -114,7 +114,10 @@ func (s *Service) placeImage(ctx context.Context, im *model.Image, fill func(dir
 
 // DeleteImage removes an image, refusing while VMs use it.
 func (s *Service) DeleteImage(ctx context.Context, ref string) error {
-	var im *model.Image
+	var (
+		im   *model.Image
+		warm []*model.Snapshot
+	)
 	err := s.store.Transaction(ctx, func(tx *store.Tx) error {
 		var err error
 		if im, err = tx.ResolveImage(ctx, ref); err != nil {
@@ -123,6 +126,17 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 		if err := checkImageAccess(ctx, im, false); err != nil {
 			return err
 		}
+		// Its warm snapshots are the image's own: they go with it (no VM
+		// depends on them once none uses the image, which DeleteImage
+		// checks; its refusal rolls this back).
+		if warm, err = tx.WarmSnapshotsOf(ctx, im.ID); err != nil {
+			return err
+		}
+		for _, sn := range warm {
+			if err := tx.DeleteSnapshot(ctx, sn.ID); err != nil {
+				return err
+			}
+		}
 		if err := tx.DeleteImage(ctx, im.ID); err != nil {
 			return fmt.Errorf("delete image %q: %w", im.Name, err)
 		}
@@ -130,6 +144,11 @@ func (s *Service) DeleteImage(ctx context.Context, ref string) error {
 	})
 	if err != nil {
 		return err
+	}
+	for _, sn := range warm {
+		if err := removeAllIn(s.SnapshotsDir(), sn.Dir); err != nil {
+			s.log.Warn("could not remove a warm snapshot's files", "image", im.Name, "snapshot", sn.Name, "error", err)
+		}
 	}
 	if err := removeAllIn(s.layout.ImagesDir(), s.layout.Image(im.ID).Path()); err != nil {
 		return fmt.Errorf("image %q deleted, but its files were not: %w", im.Name, err)

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,6 +62,7 @@ func (s *Service) snapshotter(v *model.VM) (vmm.Pauser, vmm.Snapshotter, error) 
 type SnapshotOptions struct {
 	Name string // empty: "<vm>-<UTC time>"
 	Stop bool   // end the VM once saved instead of resuming it
+	Kind string // model.SnapshotUser (empty) or model.SnapshotWarm
 }
 
 // CreateSnapshot pauses a running (or paused) VM, saves its memory and
@@ -104,7 +107,8 @@ func (s *Service) snapshotLocked(ctx context.Context, v *model.VM, op *operation
 	}
 	wasPaused := v.State == model.StatePaused
 	sn := &model.Snapshot{ID: system.NewID(), Name: name, VMID: v.ID, VMName: v.Name, ImageID: v.ImageID, VMM: v.VMM,
-		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, Kernel: spec.Kernel}
+		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, Kernel: spec.Kernel, OwnerUID: ownerUID(ctx),
+		Kind: cmp.Or(opts.Kind, model.SnapshotUser), DiskStrategy: string(diskKind(v)), DiskBytes: v.DiskBytes, GuestIP: v.GuestIP}
 	sn.Dir = filepath.Join(s.SnapshotsDir(), sn.ID)
 	var meta vmm.SnapshotMeta
 	steps := []Step{
@@ -248,7 +252,7 @@ func allocatedBytes(dir string) (int64, error) {
 // must match the VM's driver and machine shape.
 func (s *Service) RestoreVM(ctx context.Context, ref, snapRef string) (*model.VM, error) {
 	return s.runOp(ctx, ref, "vm.restore", !detached, func(ctx context.Context, v *model.VM, op *operation) error {
-		sn, err := s.store.ResolveSnapshot(ctx, snapRef)
+		sn, err := s.resolveSnapshot(ctx, snapRef)
 		if err != nil {
 			return err
 		}
@@ -318,32 +322,56 @@ func (s *Service) restoreLocked(ctx context.Context, v *model.VM, op *operation,
 	if err := RunSteps(ctx, steps, op); err != nil {
 		return fmt.Errorf("restore vm %q: %w", v.Name, err)
 	}
-	_, err := s.startWith(ctx, v, op, &vmm.RestoreSpec{Dir: sn.Dir})
+	_, err := s.startWith(ctx, v, op, &restorePlan{sn: sn})
 	return err
 }
 
-// ListSnapshots returns every snapshot, oldest first.
+// ListSnapshots returns the snapshots the caller may see, oldest first:
+// its own, and the warm snapshots of the images it may use.
 func (s *Service) ListSnapshots(ctx context.Context) ([]*model.Snapshot, error) {
-	return s.store.ListSnapshots(ctx)
+	sns, err := s.store.ListSnapshots(ctx)
+	if err != nil || privileged(ctx) {
+		return sns, err
+	}
+	out := sns[:0]
+	for _, sn := range sns {
+		if mayAccess(ctx, sn.OwnerUID) {
+			out = append(out, sn)
+		} else if sn.Kind == model.SnapshotWarm {
+			if img, err := s.store.ResolveImage(ctx, sn.ImageID); err == nil && checkImageAccess(ctx, img, true) == nil {
+				out = append(out, sn)
+			}
+		}
+	}
+	return out, nil
 }
 
 // GetSnapshot resolves a snapshot by name, id or id prefix.
 func (s *Service) GetSnapshot(ctx context.Context, ref string) (*model.Snapshot, error) {
-	return s.store.ResolveSnapshot(ctx, ref)
+	return s.resolveSnapshot(ctx, ref)
 }
 
 // DeleteSnapshot removes a snapshot's files, then its record (a failure
 // part-way leaves the record, and a retry finishes).
 func (s *Service) DeleteSnapshot(ctx context.Context, ref string) error {
-	sn, err := s.store.ResolveSnapshot(ctx, ref)
+	sn, err := s.resolveSnapshot(ctx, ref)
 	if err != nil {
 		return err
+	}
+	if !mayAccess(ctx, sn.OwnerUID) { // a warm snapshot others may use, not delete
+		return errdefs.PermissionDenied("snapshot %q is image %q's warm start: only its owner or root may delete it", sn.Name, sn.ImageID)
 	}
 	unlock, err := s.locks.lock(ctx, sn.ID)
 	if err != nil {
 		return fmt.Errorf("waiting for snapshot %q: %w", sn.Name, err)
 	}
 	defer unlock()
+	// A fork whose first start is still to come restores this snapshot.
+	if forks, err := s.store.VMsPendingRestore(ctx, sn.ID); err != nil {
+		return err
+	} else if len(forks) > 0 {
+		return errdefs.FailedPrecondition("snapshot %q is still to be restored by vm %s, made from it and not yet started (hint: start or delete those vms first)", sn.Name, strings.Join(quoteAll(forks), ", "))
+	}
 	ctx = context.WithoutCancel(ctx)
 	if err := removeAllIn(s.SnapshotsDir(), sn.Dir); err != nil {
 		return fmt.Errorf("delete snapshot %q: %w", sn.Name, err)
@@ -391,4 +419,13 @@ func (s *Service) removeOrphanSnapshotDirs(ctx context.Context) error {
 // ImageName is the name of image id (empty and an error if it is gone).
 func (s *Service) ImageName(ctx context.Context, id string) (string, error) {
 	return s.store.ImageName(ctx, id)
+}
+
+// quoteAll is names, each quoted.
+func quoteAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = fmt.Sprintf("%q", n)
+	}
+	return out
 }

@@ -23,6 +23,10 @@ type createCtx struct {
 	v      *model.VM
 	img    *model.Image
 	unlock func() // the new VM's lock, taken with its record
+	// from, if set, is the snapshot the VM is forked from (vm create
+	// --from, vm fork, or a warm image: warm).
+	from *model.Snapshot
+	warm bool
 }
 
 // buildCreateSteps is vm.create, in order; a failure undoes the steps done,
@@ -30,6 +34,9 @@ type createCtx struct {
 // same undos (UndoSteps).
 func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 	v := cc.v
+	if cc.from != nil {
+		return s.buildForkCreateSteps(op, cc)
+	}
 	return []Step{
 		{Name: StepRecord,
 			Do: func(ctx context.Context) error {
@@ -61,13 +68,38 @@ func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 // CreateVM validates req, records the VM, makes its writable root disk and
 // leaves it stopped; with req.Start it starts it too.
 func (s *Service) CreateVM(ctx context.Context, req api.CreateVMRequest) (*model.VM, error) {
+	var from *model.Snapshot
+	if req.From != "" {
+		sn, err := s.resolveSnapshot(ctx, req.From)
+		if err != nil {
+			return nil, err
+		}
+		if req, err = s.forkRequest(ctx, req, sn); err != nil {
+			return nil, err
+		}
+		from = sn
+	}
 	v, img, err := s.newVM(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+	warm := false
+	if from == nil && !req.Cold {
+		if from, err = s.warmSnapshotFor(ctx, req, v); err != nil {
+			return nil, err
+		}
+		warm = from != nil
+	}
+	if from != nil {
+		v.DiskStrategy = from.DiskStrategy
+		v.DiskReason = fmt.Sprintf("a clone of snapshot %q's disk, which is %s", from.Name, from.DiskStrategy)
+	}
 	op := s.newOperation("vm.create", v)
 	op.Note(StageVMMChoose, v.VMM+": "+v.VMMReason)
-	cc := &createCtx{v: v, img: img}
+	if warm {
+		op.Note(StageWarmStart, fmt.Sprintf("image %q has warm snapshot %q of this shape: the vm's first start restores it (hint: --cold boots instead)", img.Name, from.Name))
+	}
+	cc := &createCtx{v: v, img: img, from: from, warm: warm}
 	defer func() {
 		if cc.unlock != nil {
 			cc.unlock()

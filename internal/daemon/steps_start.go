@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/identity"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/network"
@@ -28,6 +29,9 @@ type startCtx struct {
 	drv  vmm.Driver
 	spec vmm.Spec
 	info vmm.Info // the driver's probe (start only)
+	// restore, if set, is the snapshot this start restores instead of
+	// booting (vm restore, or a fork's first start).
+	restore *restorePlan
 }
 
 // buildStartSteps is vm.start, in order. A step that creates a host
@@ -84,7 +88,25 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 				return err
 			}}})
 	}
+	if sc.restore != nil {
+		// The restored guest runs: its agent gives it its identity (a
+		// fork), the clock and entropy, before anyone may use the VM.
+		steps = append(steps, Step{Name: StepGuestResume,
+			Do: func(ctx context.Context) error { return s.resumeGuest(ctx, sc, op) },
+			Undo: func(context.Context) error {
+				if !sc.restore.fork {
+					return nil
+				}
+				return identity.RemovePins(s.layout.KnownHosts(), sc.v.GuestIP, sc.v.Name)
+			}})
+	}
 	steps = append(steps, Step{Name: StepRecordRunning, Do: func(ctx context.Context) error {
+		if sc.restore != nil && sc.restore.fork {
+			// From now on the VM boots its own disk.
+			if err := s.store.SetOriginDone(ctx, sc.v.ID); err != nil {
+				return err
+			}
+		}
 		sc.v.State, sc.v.Runtime.StartedAt = model.StateRunning, time.Now().UTC()
 		return s.store.UpdateVM(ctx, sc.v)
 	}})
@@ -100,14 +122,30 @@ func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
 }
 
 // startLocked runs the start steps; the caller holds the VM's lock. Every
-// error names the VM's log.
+// error names the VM's log. A fork's first start restores its snapshot.
 func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
-	return s.startWith(ctx, v, op, nil)
+	if s.alive(v) {
+		return s.startWith(ctx, v, op, nil) // says what it is
+	}
+	plan, err := s.pendingRestore(ctx, v)
+	if err != nil {
+		return v, withLog(v, err)
+	}
+	if plan == nil {
+		return s.startWith(ctx, v, op, nil)
+	}
+	unlock, err := s.locks.lock(ctx, plan.sn.ID) // against a delete of the snapshot meanwhile
+	if err != nil {
+		return v, withLog(v, fmt.Errorf("waiting for snapshot %q: %w", plan.sn.Name, err))
+	}
+	defer unlock()
+	op.Note(StageRestoreFrom, fmt.Sprintf("snapshot %q (%s) taken %s of vm %q: a fork's first start", plan.sn.Name, plan.sn.ID, plan.sn.CreatedAt.Format(time.RFC3339), plan.sn.VMName))
+	return s.startWith(ctx, v, op, plan)
 }
 
 // startWith is startLocked; with restore, the VM is launched restoring
 // that snapshot instead of booting (issue 12).
-func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, restore *vmm.RestoreSpec) (*model.VM, error) {
+func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, restore *restorePlan) (*model.VM, error) {
 	alive := s.alive(v)
 	if alive && v.State == model.StateRunning {
 		op.Note(StageAlreadyRunning, fmt.Sprintf("pid %d", v.Runtime.PID))
@@ -131,7 +169,10 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, res
 	if err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
-	sc.spec.Restore = restore
+	if restore != nil {
+		sc.restore = restore
+		sc.spec.Restore = &vmm.RestoreSpec{Dir: restore.sn.Dir}
+	}
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the
 	// moment the VMM process exists, before the driver waits on it.

@@ -17,6 +17,8 @@ type VMView struct {
 	Unsupported map[string]string
 	// Agent says how banger reaches the guest (issue 10).
 	Agent string
+	// Origin is the snapshot the VM was made from; nil if none (issue 12).
+	Origin *model.Origin
 }
 
 // ShowVM resolves ref and returns its view.
@@ -35,6 +37,11 @@ func (s *Service) View(ctx context.Context, v *model.VM) *VMView {
 		out.Image = name
 	} else {
 		s.log.Warn("vm view: image name", append(vmAttrs(v), "error", err)...)
+	}
+	if o, err := s.store.Origin(ctx, v.ID); err == nil {
+		out.Origin = o
+	} else {
+		s.log.Warn("vm view: origin", append(vmAttrs(v), "error", err)...)
 	}
 	if ops, err := s.store.ListOperations(ctx, v.ID, 1); err == nil && len(ops) == 1 {
 		out.LastOperation = ops[0]

@@ -44,6 +44,10 @@ type Identity struct {
 	// AuthorizedKey is banger's managed public key, one authorized_keys line.
 	AuthorizedKey string
 	HostKeys      HostKeys
+	// HostKeysFromAgent: the guest's host keys are made by its agent at
+	// run time (a fork), so HostKeys is empty and nothing replaces the
+	// keys on the guest's disk.
+	HostKeysFromAgent bool
 }
 
 var (
@@ -70,8 +74,10 @@ func (id Identity) validate() error {
 		return bad("gateway %s is not of the address's family", id.Gateway)
 	case !userRE.MatchString(id.User):
 		return bad("user %q is not a valid account name", id.User)
-	case len(id.HostKeys) == 0:
+	case len(id.HostKeys) == 0 && !id.HostKeysFromAgent:
 		return bad("no host keys")
+	case len(id.HostKeys) > 0 && id.HostKeysFromAgent:
+		return bad("host keys given, but the agent is to make them")
 	}
 	for _, a := range id.DNS {
 		if !a.IsValid() || a.Zone() != "" {

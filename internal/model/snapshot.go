@@ -18,6 +18,35 @@ type Snapshot struct {
 	Dir       string
 	SizeBytes int64
 	Meta      []byte // vmm.SnapshotMeta as JSON
-	OwnerUID  int    // 0 for now
+	OwnerUID  int    // the uid of the API client that took it
 	CreatedAt time.Time
+
+	// Kind is SnapshotUser (taken with vm snapshot create or vm fork) or
+	// SnapshotWarm (an image's warm start, made by image warm).
+	Kind string
+	// What the guest wakes with when forked (issue 12): the root disk's
+	// strategy and size, and the IP the source VM had. Empty for
+	// snapshots recorded before forks existed.
+	DiskStrategy string
+	DiskBytes    int64
+	GuestIP      string
+}
+
+// Snapshot kinds.
+const (
+	SnapshotUser = "user"
+	SnapshotWarm = "warm"
+)
+
+// Origin is the snapshot a VM was made from (vm create --from, vm fork,
+// or a warm image). While Pending, the VM's next start restores the
+// snapshot and gives the guest the VM's own identity; after that it boots
+// from its own disk like any VM.
+type Origin struct {
+	VMID         string
+	SnapshotID   string
+	SnapshotName string
+	Warm         bool
+	Pending      bool
+	CreatedAt    time.Time
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/daemon"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/network"
 	"github.com/banger-vm/banger/internal/version"
 )
 
@@ -232,6 +233,9 @@ func toView(view *daemon.VMView) api.VM {
 	}
 	out.Unsupported = view.Unsupported
 	out.Agent = view.Agent
+	if o := view.Origin; o != nil {
+		out.Origin = &api.Origin{Snapshot: o.SnapshotName, SnapshotID: o.SnapshotID, Warm: o.Warm, Pending: o.Pending}
+	}
 	return out
 }
 
@@ -241,7 +245,7 @@ func toVM(v *model.VM) api.VM {
 		LogPath: v.LogPath, LastError: v.LastError, HostKey: v.HostKey, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 		Runtime: api.Runtime{PID: v.Runtime.PID, ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath,
 			VsockCID: v.Runtime.VsockCID, Tap: v.Runtime.Tap, Accel: v.Runtime.Accel, StartedAt: v.Runtime.StartedAt},
-		DiskStrategy: v.DiskStrategy, DiskReason: v.DiskReason}
+		DiskStrategy: v.DiskStrategy, DiskReason: v.DiskReason, MAC: network.MACFor(v.ID)}
 	for _, p := range v.Ports {
 		out.Ports = append(out.Ports, api.PortMapping{HostPort: p.HostPort, GuestPort: p.GuestPort, Proto: p.Proto})
 	}

@@ -18,6 +18,32 @@ func (s *server) snapshotRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("GET "+p+"/snapshots", s.listSnapshots)
 	mux.HandleFunc("GET "+p+"/snapshots/{ref}", s.getSnapshot)
 	mux.HandleFunc("DELETE "+p+"/snapshots/{ref}", s.deleteSnapshot)
+	mux.HandleFunc("POST "+p+"/vms/{ref}/fork", s.forkVM)
+	mux.HandleFunc("POST "+p+"/images/{ref}/warm", s.warmImage)
+}
+
+func (s *server) forkVM(w http.ResponseWriter, r *http.Request) {
+	var req api.ForkVMRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	v, err := s.svc.ForkVM(r.Context(), r.PathValue("ref"), req)
+	s.vmResult(w, r, v, err, http.StatusCreated)
+}
+
+func (s *server) warmImage(w http.ResponseWriter, r *http.Request) {
+	var req api.WarmImageRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	sn, err := s.svc.WarmImage(r.Context(), r.PathValue("ref"), req)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, s.toSnapshot(r, sn))
 }
 
 func (s *server) pauseVM(w http.ResponseWriter, r *http.Request) {
@@ -89,7 +115,7 @@ func (s *server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 func (s *server) toSnapshot(r *http.Request, sn *model.Snapshot) api.Snapshot {
 	out := api.Snapshot{ID: sn.ID, Name: sn.Name, VMID: sn.VMID, VMName: sn.VMName, ImageID: sn.ImageID,
 		VMM: sn.VMM, VCPUs: sn.VCPUs, MemoryMiB: sn.MemoryMiB, Kernel: sn.Kernel, Dir: sn.Dir, SizeBytes: sn.SizeBytes,
-		CreatedAt: sn.CreatedAt}
+		CreatedAt: sn.CreatedAt, Kind: sn.Kind}
 	if len(sn.Meta) > 0 {
 		out.Meta = json.RawMessage(sn.Meta)
 	}

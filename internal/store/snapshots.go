@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -10,7 +11,8 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-const snapshotColumns = `id, name, vm_id, vm_name, image_id, vmm, vcpus, memory_mib, kernel, dir, size_bytes, meta, owner_uid, created_at`
+const snapshotColumns = `id, name, vm_id, vm_name, image_id, vmm, vcpus, memory_mib, kernel, dir, size_bytes, meta, owner_uid, created_at,
+	kind, disk_strategy, disk_bytes, guest_ip`
 
 func scanSnapshot(r scanner) (*model.Snapshot, error) {
 	var (
@@ -19,7 +21,7 @@ func scanSnapshot(r scanner) (*model.Snapshot, error) {
 		created int64
 	)
 	if err := r.Scan(&sn.ID, &sn.Name, &sn.VMID, &sn.VMName, &sn.ImageID, &sn.VMM, &sn.VCPUs, &sn.MemoryMiB, &sn.Kernel,
-		&sn.Dir, &sn.SizeBytes, &meta, &sn.OwnerUID, &created); err != nil {
+		&sn.Dir, &sn.SizeBytes, &meta, &sn.OwnerUID, &created, &sn.Kind, &sn.DiskStrategy, &sn.DiskBytes, &sn.GuestIP); err != nil {
 		return nil, err
 	}
 	sn.Meta = []byte(meta)
@@ -32,9 +34,9 @@ func (t *Tx) InsertSnapshot(ctx context.Context, sn *model.Snapshot) error {
 	if sn.CreatedAt.IsZero() {
 		sn.CreatedAt = time.Now().UTC()
 	}
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := t.tx.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.VMM, sn.VCPUs, sn.MemoryMiB, sn.Kernel, sn.Dir, sn.SizeBytes,
-		string(sn.Meta), sn.OwnerUID, nanos(sn.CreatedAt))
+		string(sn.Meta), sn.OwnerUID, nanos(sn.CreatedAt), cmp.Or(sn.Kind, model.SnapshotUser), sn.DiskStrategy, sn.DiskBytes, sn.GuestIP)
 	if isUnique(err) {
 		return errdefs.AlreadyExists("snapshot %q already exists (hint: pick another name, or delete it first)", sn.Name)
 	}
@@ -79,14 +81,24 @@ func (t *Tx) SnapshotNameTaken(ctx context.Context, name string) (bool, error) {
 	return n > 0, err
 }
 
+// WarmSnapshotsOf returns image id's warm snapshots.
+func (t *Tx) WarmSnapshotsOf(ctx context.Context, imageID string) ([]*model.Snapshot, error) {
+	return t.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE image_id = ? AND kind = ? ORDER BY created_at, id`, imageID, model.SnapshotWarm)
+}
+
+func (s *Store) WarmSnapshotsOf(ctx context.Context, imageID string) ([]*model.Snapshot, error) {
+	return view(ctx, s, func(t *Tx) ([]*model.Snapshot, error) { return t.WarmSnapshotsOf(ctx, imageID) })
+}
+
 // ListSnapshots returns every snapshot, oldest first.
 func (t *Tx) ListSnapshots(ctx context.Context) ([]*model.Snapshot, error) {
 	return t.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots ORDER BY created_at, id`)
 }
 
-// SnapshotNamesUsingImage names the snapshots that depend on image id.
+// SnapshotNamesUsingImage names the user snapshots that depend on image
+// id (its warm snapshots are the image's own: they go with it).
 func (t *Tx) SnapshotNamesUsingImage(ctx context.Context, imageID string) ([]string, error) {
-	sns, err := t.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE image_id = ? ORDER BY name`, imageID)
+	sns, err := t.querySnapshots(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE image_id = ? AND kind = ? ORDER BY name`, imageID, model.SnapshotUser)
 	if err != nil {
 		return nil, err
 	}

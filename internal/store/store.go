@@ -148,6 +148,25 @@ var migrations = []string{
 	// VMs created before get "{}", the default: egress to public
 	// destinations only, isolated from every other guest.
 	`ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '{}';`,
+	// Forks and warm images (issue 12): what a snapshot's guest woke with
+	// (its disk strategy and size, its IP) and whether it is a user's
+	// snapshot or an image's warm one; and the snapshot a VM was forked
+	// from, with whether its first start (a restore) is still to come.
+	// Snapshots made before have kind 'user' and an empty disk strategy
+	// and IP (read from the disk file and the source VM when forked).
+	`ALTER TABLE snapshots ADD COLUMN kind TEXT NOT NULL DEFAULT 'user';
+	ALTER TABLE snapshots ADD COLUMN disk_strategy TEXT NOT NULL DEFAULT '';
+	ALTER TABLE snapshots ADD COLUMN disk_bytes INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE snapshots ADD COLUMN guest_ip TEXT NOT NULL DEFAULT '';
+	CREATE TABLE vm_origins (
+		vm_id         TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+		snapshot_id   TEXT NOT NULL,
+		snapshot_name TEXT NOT NULL,
+		warm          INTEGER NOT NULL DEFAULT 0,
+		pending       INTEGER NOT NULL DEFAULT 1,
+		created_at    INTEGER NOT NULL
+	);
+	CREATE INDEX vm_origins_snapshot ON vm_origins(snapshot_id);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -99,6 +99,7 @@ func TestGuests(t *testing.T) {
 	})
 
 	t.Run("isolation", func(t *testing.T) { testIsolation(t, d.with(t)) })
+	t.Run("forks", func(t *testing.T) { testForks(t, d.with(t)) })
 
 	t.Run("two-vms", func(t *testing.T) {
 		d := d.with(t)

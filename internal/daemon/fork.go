@@ -1,0 +1,498 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/agent"
+	"github.com/banger-vm/banger/internal/identity"
+	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/storage"
+)
+
+// Forks (issue 12). A fork is a new VM made from a snapshot: its own
+// record, IP, MAC and name, and a root disk cloned from the snapshot's
+// (vm create --from, vm fork, or vm create from an image with a warm
+// snapshot of the VM's shape). Its first start launches the VMM restoring
+// the snapshot instead of booting, and, before the VM is recorded
+// running, the guest agent gives the guest the VM's identity: hostname,
+// machine ID, IP and MAC, fresh SSH host keys (pinned from the agent's
+// answer), the host's clock, and entropy. Until then the guest still has
+// its template's IP and MAC, which the VM's anti-spoofing rules drop: it
+// reaches nobody and nobody reaches it. Later starts boot the VM's own disk
+// (the agent persisted the identity there, and the config disk carries
+// the same, without host keys).
+
+// Steps a fork adds to vm.create and vm.start.
+const (
+	StepOriginRecord = "vm.origin"        // create: the snapshot the VM comes from
+	StepGuestResume  = "guest.reidentify" // start from a snapshot: the agent's identity, clock and entropy
+	StageWarmStart   = "vm.warm-start"    // note: create found a warm snapshot
+)
+
+// agentRestoreWait bounds the wait for a restored guest's agent.
+const agentRestoreWait = 60 * time.Second
+
+// entropyBytes is what a restored guest's random pool gets from the host.
+const entropyBytes = 256
+
+// restorePlan is a start that restores a snapshot instead of booting.
+type restorePlan struct {
+	sn *model.Snapshot
+	// fork: the guest is another VM's (the snapshot's source): it gets
+	// this VM's identity. Otherwise (vm restore) it is this VM's own and
+	// only gets the clock and entropy.
+	fork bool
+}
+
+// resolveSnapshot resolves ref for the caller: another user's snapshot is
+// refused; an image's warm snapshot is anyone's who may use the image.
+func (s *Service) resolveSnapshot(ctx context.Context, ref string) (*model.Snapshot, error) {
+	sn, err := s.store.ResolveSnapshot(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if mayAccess(ctx, sn.OwnerUID) {
+		return sn, nil
+	}
+	if sn.Kind == model.SnapshotWarm {
+		if img, err := s.store.ResolveImage(ctx, sn.ImageID); err == nil && checkImageAccess(ctx, img, true) == nil {
+			return sn, nil
+		}
+	}
+	uid, _ := callerUID(ctx)
+	return nil, errdefs.PermissionDenied("snapshot %q belongs to another user (uid %d; you are uid %d): only its owner or root may see or use it", ref, sn.OwnerUID, uid)
+}
+
+// forkRequest checks that req may fork sn and fills in what a fork takes
+// from its snapshot: image, driver, shape, disk strategy and size. An
+// explicit value that differs is refused (a snapshot restores only into
+// its own shape).
+func (s *Service) forkRequest(ctx context.Context, req api.CreateVMRequest, sn *model.Snapshot) (api.CreateVMRequest, error) {
+	differs := func(what string, asked, has any) error {
+		return errdefs.InvalidArgument("snapshot %q was taken of a vm with %s %v; a fork has its snapshot's (you asked for %v) (hint: drop the option)", sn.Name, what, has, asked)
+	}
+	switch {
+	case req.VCPUs != 0 && req.VCPUs != sn.VCPUs:
+		return req, differs("vcpus", req.VCPUs, sn.VCPUs)
+	case req.MemoryMiB != 0 && req.MemoryMiB != sn.MemoryMiB:
+		return req, differs("memory MiB", req.MemoryMiB, sn.MemoryMiB)
+	case req.VMM != "" && req.VMM != "auto" && req.VMM != sn.VMM:
+		return req, differs("driver", req.VMM, sn.VMM)
+	case req.Image != "" && req.Image != sn.ImageID:
+		if img, err := s.store.ResolveImage(ctx, req.Image); err != nil || img.ID != sn.ImageID {
+			return req, differs("image", req.Image, sn.ImageID)
+		}
+	}
+	strategy, err := s.snapshotDiskStrategy(ctx, sn)
+	if err != nil {
+		return req, err
+	}
+	if req.DiskStrategy != "" && req.DiskStrategy != "auto" && req.DiskStrategy != strategy {
+		return req, differs("disk strategy", req.DiskStrategy, strategy)
+	}
+	size := sn.DiskBytes
+	if req.DiskBytes != 0 && size != 0 && req.DiskBytes != size {
+		return req, differs("disk size (bytes)", req.DiskBytes, size)
+	}
+	if _, err := s.snapshotGuestIP(ctx, sn); err != nil {
+		return req, err
+	}
+	img, err := s.store.ResolveImage(ctx, sn.ImageID)
+	if err != nil {
+		return req, fmt.Errorf("image of snapshot %q: %w", sn.Name, err)
+	}
+	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+		return req, errdefs.FailedPrecondition("snapshot %q: image %q has no banger-agent of protocol %d, which a fork needs to give the guest its own identity (hint: fork from a snapshot of a vm made from an image banger built)", sn.Name, img.Name, agent.ProtocolVersion)
+	}
+	req.VCPUs, req.MemoryMiB, req.VMM, req.Image = sn.VCPUs, sn.MemoryMiB, sn.VMM, sn.ImageID
+	req.DiskStrategy, req.DiskBytes = strategy, size
+	return req, nil
+}
+
+// snapshotDiskStrategy is the strategy of sn's disk clone: recorded, or
+// for snapshots recorded before forks, read from the file (a qcow2
+// overlay, or a raw file a fork copies by reflink or sparse copy).
+func (s *Service) snapshotDiskStrategy(ctx context.Context, sn *model.Snapshot) (string, error) {
+	if sn.DiskStrategy != "" {
+		if sn.DiskStrategy == string(storage.KindDMSnapshot) {
+			return "", errdefs.NotSupported("snapshot %q has a dm-snapshot disk, which cannot be forked yet (hint: fork from a vm with a file disk: qcow2, reflink or sparse-copy)", sn.Name)
+		}
+		return sn.DiskStrategy, nil
+	}
+	f, err := os.Open(filepath.Join(sn.Dir, SnapshotDiskFile))
+	if err != nil {
+		return "", errdefs.FailedPrecondition("snapshot %q has no disk clone: %v (hint: delete it)", sn.Name, err)
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := f.ReadAt(magic, 0); err == nil && bytes.Equal(magic, []byte("QFI\xfb")) {
+		return string(storage.KindQCOW2), nil
+	}
+	return string(storage.KindSparseCopy), nil
+}
+
+// snapshotGuestIP is the IP sn's guest wakes with: recorded, or for
+// snapshots recorded before forks, its source VM's if it still exists.
+func (s *Service) snapshotGuestIP(ctx context.Context, sn *model.Snapshot) (netip.Addr, error) {
+	ip := sn.GuestIP
+	if ip == "" {
+		if v, err := s.store.GetVM(ctx, sn.VMID); err == nil {
+			ip = v.GuestIP
+		}
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return a, errdefs.FailedPrecondition("snapshot %q does not record its guest's address and its vm %q is gone (hint: take a new snapshot to fork from)", sn.Name, sn.VMName)
+	}
+	return a, nil
+}
+
+// cloneSnapshotDisk is a fork's disk.create: v's disk is a clone of sn's
+// (reflink where the filesystem shares blocks, else a sparse copy; a qcow2
+// clone is a small overlay over the image).
+func (s *Service) cloneSnapshotDisk(ctx context.Context, v *model.VM, sn *model.Snapshot) error {
+	if err := os.MkdirAll(v.VMDir, 0o700); err != nil {
+		return fmt.Errorf("make vm dir: %w", err)
+	}
+	if err := cloneFile(ctx, filepath.Join(sn.Dir, SnapshotDiskFile), s.diskPath(v)); err != nil {
+		return errors.Join(fmt.Errorf("clone the disk of snapshot %q: %w", sn.Name, err), removeAllIn(s.layout.VMsDir(), v.VMDir))
+	}
+	return nil
+}
+
+// forkIdentity is the identity a fork's guest gets: the same facts the
+// config disk carries, without host keys (the agent makes them).
+func (s *Service) forkIdentity(v *model.VM, machineID string) (identity.Identity, error) {
+	ip, err := netip.ParseAddr(v.GuestIP)
+	if err != nil {
+		return identity.Identity{}, fmt.Errorf("guest ip %q: %w", v.GuestIP, err)
+	}
+	mac, err := net.ParseMAC(network.MACFor(v.ID))
+	if err != nil {
+		return identity.Identity{}, err
+	}
+	return identity.Identity{
+		Hostname: v.Name, MachineID: machineID, MAC: mac,
+		Address: netip.PrefixFrom(ip, s.pool.Prefix().Bits()), Gateway: s.pool.Gateway(), DNS: s.cfg.GuestDNS,
+		User: s.cfg.GuestUser, AuthorizedKey: s.cfg.ClientKey, HostKeysFromAgent: true,
+	}, nil
+}
+
+// writeForkConfigDisk writes v's config disk for a fork: the VMM attaches
+// it as it did for the snapshot's VM (the devices must match), and a later
+// cold boot of the VM applies it. It holds no host keys: the agent makes
+// the guest's, and the boot keeps them.
+func (s *Service) writeForkConfigDisk(ctx context.Context, v *model.VM, machineID string) error {
+	img, err := s.store.ResolveImage(ctx, v.ImageID)
+	if err != nil {
+		return fmt.Errorf("image of vm %q: %w", v.Name, err)
+	}
+	if !appliesConfigDisk(img) {
+		return nil
+	}
+	facts, err := s.imageFacts(ctx, img)
+	if err != nil {
+		return err
+	}
+	id, err := s.forkIdentity(v, machineID)
+	if err != nil {
+		return err
+	}
+	return identity.WriteConfigDisk(s.configDiskPath(v), id, facts)
+}
+
+// forkCreateIdentity is a fork's guest.identity at create: the config disk
+// (no pins yet: the host keys come from the agent at the first start).
+func (s *Service) forkCreateIdentity(ctx context.Context, v *model.VM, op *operation) error {
+	if s.cfg.ClientKey == "" {
+		op.Note(StepGuestIdentity, "no managed ssh key configured: identity not written")
+		return nil
+	}
+	mid, err := identity.NewMachineID()
+	if err != nil {
+		return err
+	}
+	if err := s.writeForkConfigDisk(ctx, v, mid); err != nil {
+		return err
+	}
+	op.Note(StepGuestIdentity, "a fork: the agent gives the guest its identity and host keys at its first start")
+	return nil
+}
+
+// resumeGuest is guest.reidentify: once a restored guest runs, its agent
+// sets the clock and adds entropy; for a fork it first gives the guest
+// this VM's identity and pins the host keys it answers with. A restored
+// guest whose image has no agent is noted and left as it is (vm restore of
+// an imported image).
+func (s *Service) resumeGuest(ctx context.Context, sc *startCtx, op *operation) error {
+	v := sc.v
+	img, err := s.store.ResolveImage(ctx, v.ImageID)
+	if err != nil {
+		return fmt.Errorf("image of vm %q: %w", v.Name, err)
+	}
+	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+		if sc.restore.fork {
+			return errdefs.FailedPrecondition("image %q has no banger-agent of protocol %d: a fork cannot take its identity", img.Name, agent.ProtocolVersion)
+		}
+		op.Note(StepGuestResume, "the image has no banger-agent: the guest's clock is the snapshot's until it corrects it")
+		return nil
+	}
+	began := time.Now()
+	c, err := s.connectAgent(ctx, v, agentRestoreWait)
+	if err != nil {
+		return err
+	}
+	connected := time.Now()
+	detail := "clock set, entropy added"
+	if sc.restore.fork {
+		keys, err := s.reidentify(ctx, c, v, sc.restore.sn)
+		if err != nil {
+			return err
+		}
+		op.log.Info("restored guest given its identity", "agent_connect_ms", connected.Sub(began).Milliseconds(), "identity_ms", time.Since(connected).Milliseconds())
+		detail = fmt.Sprintf("hostname %s, %s, host key %s pinned; %s", v.Name, v.GuestIP, ssh.FingerprintSHA256(keys[0]), detail)
+	}
+	if err := c.SetClock(ctx, time.Now()); err != nil {
+		return err
+	}
+	seed := make([]byte, entropyBytes)
+	if _, err := rand.Read(seed); err != nil {
+		return err
+	}
+	if err := c.AddEntropy(ctx, seed); err != nil {
+		return err
+	}
+	op.Note(StepGuestResume, detail)
+	return nil
+}
+
+// reidentify gives the restored guest of sn (the template's) v's identity
+// through its agent and pins the new host keys it answers with.
+func (s *Service) reidentify(ctx context.Context, c *agent.Client, v *model.VM, sn *model.Snapshot) ([]ssh.PublicKey, error) {
+	from, err := s.snapshotGuestIP(ctx, sn)
+	if err != nil {
+		return nil, err
+	}
+	mid, err := identity.NewMachineID()
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.forkIdentity(v, mid)
+	if err != nil {
+		return nil, err
+	}
+	req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true,
+		Network: &agent.NetworkIdentity{MAC: network.MACFor(sn.VMID), Address: id.Address, Gateway: id.Gateway, NewMAC: id.MAC.String()}}
+	keys, err := c.SetIdentity(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("give the guest (restored with %s's address %s) the identity of vm %q: %w", sn.VMName, from, v.Name, err)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("the guest agent of vm %q answered no host keys", v.Name)
+	}
+	if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, keys...); err != nil {
+		return nil, fmt.Errorf("pin host key: %w", err)
+	}
+	v.HostKey = string(bytes.TrimSuffix(ssh.MarshalAuthorizedKey(keys[0]), []byte("\n")))
+	// The config disk gets the same machine ID, for the VM's later boots.
+	if err := s.writeForkConfigDisk(ctx, v, mid); err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// pendingRestore is the restore v's next start does: its origin's
+// snapshot while the origin is pending; nil for a boot.
+func (s *Service) pendingRestore(ctx context.Context, v *model.VM) (*restorePlan, error) {
+	o, err := s.store.Origin(ctx, v.ID)
+	if err != nil || o == nil || !o.Pending {
+		return nil, err
+	}
+	sn, err := s.store.ResolveSnapshot(ctx, o.SnapshotID)
+	if err != nil {
+		return nil, errdefs.FailedPrecondition("vm %q is a fork of snapshot %q, which is gone: it cannot start (hint: delete it and fork again)", v.Name, o.SnapshotName)
+	}
+	return &restorePlan{sn: sn, fork: true}, nil
+}
+
+// ForkVM snapshots a running (or paused) VM and starts a new VM, name,
+// from that instant with its own identity. The snapshot is kept under
+// req.Snapshot if given; otherwise it is deleted once the fork runs.
+func (s *Service) ForkVM(ctx context.Context, ref string, req api.ForkVMRequest) (*model.VM, error) {
+	if err := ValidateName("vm", req.Name); err != nil {
+		return nil, err
+	}
+	if _, err := s.store.ResolveVM(ctx, req.Name); err == nil {
+		return nil, errdefs.AlreadyExists("vm %q already exists (hint: pick another name for the fork)", req.Name)
+	}
+	sn, err := s.CreateSnapshot(ctx, ref, SnapshotOptions{Name: req.Snapshot})
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: req.Name, From: sn.ID, Start: true})
+	if req.Snapshot == "" {
+		// The fork's disk is its own copy: the snapshot is not needed once
+		// it runs. A fork that did not start keeps it (its restore is
+		// still pending), and says so.
+		if err == nil {
+			if derr := s.DeleteSnapshot(context.WithoutCancel(ctx), sn.ID); derr != nil {
+				s.log.Warn("could not delete the fork's temporary snapshot", "snapshot", sn.Name, "error", derr)
+			}
+		} else {
+			err = fmt.Errorf("%w (snapshot %q is kept)", err, sn.Name)
+		}
+	}
+	return v, err
+}
+
+// WarmImage boots the image once in a VM of the request's shape, waits
+// until the guest has finished booting, snapshots it and deletes the VM:
+// vm create of that image and shape then restores the snapshot instead of
+// booting. An older warm snapshot of the same shape is replaced.
+func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRequest) (*model.Snapshot, error) {
+	img, err := s.store.ResolveImage(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkImageAccess(ctx, img, false); err != nil {
+		return nil, err
+	}
+	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+		return nil, errdefs.FailedPrecondition("image %q has no banger-agent of protocol %d, which warm starts need to give each VM its identity (hint: warm an image banger built)", img.Name, agent.ProtocolVersion)
+	}
+	suffix := make([]byte, 3)
+	if _, err := rand.Read(suffix); err != nil {
+		return nil, err
+	}
+	tmpl := fmt.Sprintf("warm-%x", suffix)
+	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: tmpl, Image: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, VMM: req.VMM, Cold: true, Start: true})
+	if err != nil {
+		if v != nil || errors.Is(err, errdefs.ErrAlreadyExists) {
+			s.discardTemplate(ctx, tmpl)
+		}
+		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
+	}
+	defer s.discardTemplate(ctx, v.ID)
+	old, err := s.store.WarmSnapshot(ctx, img.ID, v.VMM, v.VCPUs, v.MemoryMiB)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitBooted(ctx, v); err != nil {
+		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
+	}
+	name := fmt.Sprintf("warm-%s-%s-%dc-%dm-%s", img.Name, v.VMM, v.VCPUs, v.MemoryMiB, time.Now().UTC().Format(snapshotNameTimeFmt))
+	sn, err := s.CreateSnapshot(ctx, v.ID, SnapshotOptions{Name: name, Stop: true, Kind: model.SnapshotWarm})
+	if err != nil {
+		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
+	}
+	if old != nil {
+		if err := s.DeleteSnapshot(ctx, old.ID); err != nil {
+			s.log.Warn("could not delete the replaced warm snapshot", "snapshot", old.Name, "error", err)
+		}
+	}
+	s.log.Info("image warmed", "image", img.Name, "snapshot", sn.Name, "size_bytes", sn.SizeBytes)
+	return sn, nil
+}
+
+// discardTemplate deletes a warm image's template VM, whatever state it is in.
+func (s *Service) discardTemplate(ctx context.Context, ref string) {
+	if err := s.DeleteVM(context.WithoutCancel(ctx), ref); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		s.log.Warn("could not delete a warm image's template vm", "vm", ref, "error", err)
+	}
+}
+
+// bootWait bounds the wait for a template guest to finish booting.
+const bootWait = 5 * time.Minute
+
+// waitBooted waits until v's guest has finished booting (systemd's
+// is-system-running --wait, through the agent), so a warm snapshot has
+// every service up, sshd included.
+func (s *Service) waitBooted(ctx context.Context, v *model.VM) error {
+	ctx, cancel := context.WithTimeout(ctx, bootWait)
+	defer cancel()
+	c, err := s.connectAgent(ctx, v, bootWait)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	st, err := c.Exec(ctx, agent.ExecOptions{Argv: []string{"systemctl", "is-system-running", "--wait"}, Stdout: &out})
+	if err != nil {
+		return err
+	}
+	// "degraded" (a unit failed) still means booting is over.
+	if state := string(bytes.TrimSpace(out.Bytes())); state != "running" && state != "degraded" {
+		return fmt.Errorf("the guest did not finish booting: systemd says %q (exit %d)", state, st.Code)
+	}
+	// The daemon's connection goes before the snapshot: forks start with
+	// an agent waiting for a new host.
+	s.agents.drop(v.ID)
+	return nil
+}
+
+// buildForkCreateSteps is vm.create of a fork: the steps of any create,
+// with the disk cloned from the snapshot's, the config disk without host
+// keys, and the origin recorded, pending.
+func (s *Service) buildForkCreateSteps(op *operation, cc *createCtx) []Step {
+	v := cc.v
+	return []Step{
+		{Name: StepRecord,
+			Do: func(ctx context.Context) error {
+				unlock, err := s.insertNewVM(ctx, v)
+				if err != nil {
+					return err
+				}
+				cc.unlock = unlock
+				op.open(ctx)
+				return nil
+			},
+			Undo: func(ctx context.Context) error { return s.store.DeleteVM(ctx, v.ID) }},
+		{Name: StepVMMValidate, Do: func(ctx context.Context) error { return s.validateForDriver(ctx, v, cc.img) }},
+		{Name: StepDiskCreate,
+			Do:     func(ctx context.Context) error { return s.cloneSnapshotDisk(ctx, v, cc.from) },
+			Detail: func() string { return diskCreateDetail(v) },
+			Undo:   func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
+		{Name: StepGuestIdentity, Do: func(ctx context.Context) error { return s.forkCreateIdentity(ctx, v, op) }},
+		{Name: StepOriginRecord,
+			Do: func(ctx context.Context) error {
+				return s.store.InsertOrigin(ctx, &model.Origin{VMID: v.ID, SnapshotID: cc.from.ID, SnapshotName: cc.from.Name, Warm: cc.warm, Pending: true})
+			},
+			Detail: func() string { return fmt.Sprintf("snapshot %q (%s), warm %v", cc.from.Name, cc.from.ID, cc.warm) }},
+		// The origin row goes with the VM's record (ON DELETE CASCADE).
+		{Name: StepRecordStopped, Do: func(ctx context.Context) error {
+			v.State = model.StateStopped
+			return s.store.UpdateVM(ctx, v)
+		}},
+	}
+}
+
+// warmSnapshotFor is the warm snapshot a create of v (as newVM made it
+// from req) restores instead of booting: its image's, of its driver and
+// shape, with the same disk size and a strategy req allows; nil if none.
+func (s *Service) warmSnapshotFor(ctx context.Context, req api.CreateVMRequest, v *model.VM) (*model.Snapshot, error) {
+	sn, err := s.store.WarmSnapshot(ctx, v.ImageID, v.VMM, v.VCPUs, v.MemoryMiB)
+	if err != nil || sn == nil {
+		return nil, err
+	}
+	if sn.DiskBytes != v.DiskBytes || (req.DiskStrategy != "" && req.DiskStrategy != "auto" && req.DiskStrategy != sn.DiskStrategy) {
+		return nil, nil
+	}
+	if _, err := s.forkRequest(ctx, api.CreateVMRequest{}, sn); err != nil {
+		s.log.Warn("a warm snapshot cannot be used: booting", "snapshot", sn.Name, "error", err)
+		return nil, nil
+	}
+	return sn, nil
+}
