@@ -58,3 +58,10 @@ type CreateSnapshotRequest struct {
 type RestoreRequest struct {
 	Snapshot string `json:"snapshot"`
 }
+
+// ReidentifyRequest is the body of POST /v1/vms/{ref}/reidentify: give a
+// running VM's guest new SSH host keys and machine ID through its agent
+// (issue 10), and with NewIP a new address.
+type ReidentifyRequest struct {
+	NewIP bool `json:"new_ip,omitempty"`
+}

@@ -58,3 +58,10 @@ func (c *Client) WarmImage(ctx context.Context, image string, req api.WarmImageR
 	var out api.Snapshot
 	return out, c.do(ctx, http.MethodPost, "/images"+ref(image)+"/warm", req, &out)
 }
+
+// ReidentifyVM gives vm's running guest new host keys and machine ID
+// (and with req.NewIP a new address) through its agent.
+func (c *Client) ReidentifyVM(ctx context.Context, vm string, req api.ReidentifyRequest) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, http.MethodPost, "/vms"+ref(vm)+"/reidentify", req, &out)
+}

@@ -261,3 +261,25 @@ func newImageWarm(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu (default: the daemon's, auto)")
 	return cmd
 }
+
+func newVMReidentify(g *globals) *cobra.Command {
+	var req api.ReidentifyRequest
+	cmd := &cobra.Command{
+		Use:   "reidentify VM",
+		Short: "Give a running VM's guest new SSH host keys and machine ID (and with --new-ip a new address) through its agent",
+		Long: "Give a running VM's guest new SSH host keys and a new machine ID through its guest agent, and with --new-ip\n" +
+			"a new address: banger pins the keys the agent answers with (the old pins go), moves the VM's firewall\n" +
+			"rules and published ports to the new address, and keeps all of it for the VM's later boots.",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeVMs(g, 1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := g.client().ReidentifyVM(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			return renderVM(cmd.OutOrStdout(), g.output, v)
+		},
+	}
+	cmd.Flags().BoolVar(&req.NewIP, "new-ip", false, "lease a new guest IP and move the guest to it")
+	return cmd
+}

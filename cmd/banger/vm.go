@@ -17,7 +17,7 @@ func newVMCommand(g *globals) *cobra.Command {
 		newVMCreate(g), newVMStart(g), newVMStop(g), newVMKill(g), newVMRestart(g),
 		newVMDelete(g), newVMList(g), newVMShow(g), newVMLogs(g), newVMOps(g),
 		newVMRun(g), newVMSSH(g), newVMExec(g), newVMCp(g),
-		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g), newVMFork(g), newVMSet(g),
+		newVMPause(g), newVMResume(g), newVMSnapshot(g), newVMRestore(g), newVMFork(g), newVMReidentify(g), newVMSet(g),
 	)
 	return cmd
 }

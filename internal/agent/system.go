@@ -114,34 +114,30 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 			return fmt.Errorf("%s set mac: %w", link.Attrs().Name, err)
 		}
 		mac = newMAC
+		// Up again: systemd-networkd looks at the link anew, finds that no
+		// .network file matches its new MAC and lets it go, removing what
+		// it had configured. That must be over before the new address is
+		// given: it could be the same (a fork given its template's IP).
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
+		}
 		h.waitNetworkdLetGo(link.Attrs().Index)
 	}
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
-	if err != nil {
-		return fmt.Errorf("%s addresses: %w", link.Attrs().Name, err)
-	}
-	for _, a := range addrs {
-		if a.IP.IsLinkLocalUnicast() {
-			continue
+	// networkd's removals may still be in flight: the address and route
+	// are checked a moment after they are given, and given again if gone.
+	for attempt := 0; ; attempt++ {
+		if err := assignAddress(link, n); err != nil {
+			return err
 		}
-		if err := netlink.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("%s remove %s: %w", link.Attrs().Name, a.IPNet, err)
-		}
-	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{
-		IP:   n.Address.Addr().AsSlice(),
-		Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen()),
-	}}
-	if err := netlink.AddrAdd(link, addr); err != nil {
-		return fmt.Errorf("%s add %s: %w", link.Attrs().Name, n.Address, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
-	}
-	if n.Gateway.IsValid() {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: n.Gateway.AsSlice()}
-		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("default route via %s: %w", n.Gateway, err)
+		time.Sleep(50 * time.Millisecond)
+		if ok, err := hasAddress(link, n); err != nil || ok || attempt == 3 {
+			if err == nil && !ok {
+				err = fmt.Errorf("%s: address %s or its default route was removed as soon as it was given", link.Attrs().Name, n.Address)
+			}
+			if err != nil {
+				return err
+			}
+			break
 		}
 	}
 	// Persist for systemd-networkd, where the image has it, so a reboot
@@ -194,9 +190,22 @@ func (h HostSystem) NewHostKeys() ([]ssh.PublicKey, error) {
 	return keys.PublicKeys(), nil
 }
 
-// restartSSHD makes a running sshd use the new host keys: systemd restarts
-// it; otherwise SIGHUP makes sshd re-execute itself.
+// restartSSHD makes a running sshd use the new host keys. By default
+// sshd re-executes itself for every connection, and the new process reads
+// the host keys from disk: the next connection already gets the new keys,
+// and nothing is restarted (a restart costs seconds on a slow guest and
+// refuses connections meanwhile). Only an sshd run with -r (no re-exec)
+// holds its keys: systemd restarts it; otherwise SIGHUP makes it
+// re-execute itself.
 func (h HostSystem) restartSSHD() {
+	pids := pidsOf("sshd")
+	held := false
+	for _, pid := range pids {
+		held = held || noReexec(pid)
+	}
+	if !held {
+		return
+	}
 	if isSystemd() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -206,11 +215,27 @@ func (h HostSystem) restartSSHD() {
 		}
 		return
 	}
-	for _, pid := range pidsOf("sshd") {
+	for _, pid := range pids {
 		if err := unix.Kill(pid, unix.SIGHUP); err != nil {
 			h.Logger.Warn("signal sshd", "pid", pid, "err", err)
 		}
 	}
+}
+
+// noReexec reports whether sshd process pid was started with -r: it does
+// not re-execute itself per connection, so it keeps the host keys it read
+// at start.
+func noReexec(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	for _, arg := range strings.Split(string(b), "\x00") {
+		if len(arg) > 1 && arg[0] == '-' && arg[1] != '-' && !strings.ContainsAny(arg, "=/") && strings.Contains(arg, "r") {
+			return true
+		}
+	}
+	return false
 }
 
 // pidsOf returns the processes whose command name is comm, other than
@@ -383,4 +408,62 @@ func managedByNetworkd(state []byte) bool {
 		}
 	}
 	return false
+}
+
+// assignAddress gives link n's address (and no other global one), brings
+// it up and routes the default via n's gateway.
+func assignAddress(link netlink.Link, n NetworkIdentity) error {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("%s addresses: %w", link.Attrs().Name, err)
+	}
+	want := n.Address.Addr().AsSlice()
+	for _, a := range addrs {
+		if a.IP.IsLinkLocalUnicast() || a.IP.Equal(want) {
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("%s remove %s: %w", link.Attrs().Name, a.IPNet, err)
+		}
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: want, Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen())}}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("%s add %s: %w", link.Attrs().Name, n.Address, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
+	}
+	if n.Gateway.IsValid() {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: n.Gateway.AsSlice()}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("default route via %s: %w", n.Gateway, err)
+		}
+	}
+	return nil
+}
+
+// hasAddress reports whether link has n's address and, if n has a
+// gateway, a default route through it.
+func hasAddress(link netlink.Link, n NetworkIdentity) (bool, error) {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, err
+	}
+	found := false
+	for _, a := range addrs {
+		found = found || a.IP.Equal(n.Address.Addr().AsSlice())
+	}
+	if !found || !n.Gateway.IsValid() {
+		return found, nil
+	}
+	routes, err := netlink.RouteList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Gw.Equal(n.Gateway.AsSlice()) && (r.Dst == nil || r.Dst.IP.IsUnspecified()) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

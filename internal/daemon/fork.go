@@ -192,11 +192,11 @@ func (s *Service) forkIdentity(v *model.VM, machineID string) (identity.Identity
 	}, nil
 }
 
-// writeForkConfigDisk writes v's config disk for a fork: the VMM attaches
+// writeAgentConfigDisk writes v's config disk for a fork: the VMM attaches
 // it as it did for the snapshot's VM (the devices must match), and a later
 // cold boot of the VM applies it. It holds no host keys: the agent makes
 // the guest's, and the boot keeps them.
-func (s *Service) writeForkConfigDisk(ctx context.Context, v *model.VM, machineID string) error {
+func (s *Service) writeAgentConfigDisk(ctx context.Context, v *model.VM, machineID string) error {
 	img, err := s.store.ResolveImage(ctx, v.ImageID)
 	if err != nil {
 		return fmt.Errorf("image of vm %q: %w", v.Name, err)
@@ -226,7 +226,7 @@ func (s *Service) forkCreateIdentity(ctx context.Context, v *model.VM, op *opera
 	if err != nil {
 		return err
 	}
-	if err := s.writeForkConfigDisk(ctx, v, mid); err != nil {
+	if err := s.writeAgentConfigDisk(ctx, v, mid); err != nil {
 		return err
 	}
 	op.Note(StepGuestIdentity, "a fork: the agent gives the guest its identity and host keys at its first start")
@@ -307,9 +307,9 @@ func (s *Service) reidentify(ctx context.Context, c *agent.Client, v *model.VM, 
 	if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, keys...); err != nil {
 		return nil, fmt.Errorf("pin host key: %w", err)
 	}
-	v.HostKey = string(bytes.TrimSuffix(ssh.MarshalAuthorizedKey(keys[0]), []byte("\n")))
+	v.HostKey = hostKeyLine(keys[0])
 	// The config disk gets the same machine ID, for the VM's later boots.
-	if err := s.writeForkConfigDisk(ctx, v, mid); err != nil {
+	if err := s.writeAgentConfigDisk(ctx, v, mid); err != nil {
 		return nil, err
 	}
 	return keys, nil

@@ -20,6 +20,17 @@ func (s *server) snapshotRoutes(mux *http.ServeMux, p string) {
 	mux.HandleFunc("DELETE "+p+"/snapshots/{ref}", s.deleteSnapshot)
 	mux.HandleFunc("POST "+p+"/vms/{ref}/fork", s.forkVM)
 	mux.HandleFunc("POST "+p+"/images/{ref}/warm", s.warmImage)
+	mux.HandleFunc("POST "+p+"/vms/{ref}/reidentify", s.reidentifyVM)
+}
+
+func (s *server) reidentifyVM(w http.ResponseWriter, r *http.Request) {
+	var req api.ReidentifyRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	v, err := s.svc.ReidentifyVM(r.Context(), r.PathValue("ref"), daemon.ReidentifyOptions{NewIP: req.NewIP})
+	s.vmResult(w, r, v, err, http.StatusOK)
 }
 
 func (s *server) forkVM(w http.ResponseWriter, r *http.Request) {

@@ -178,6 +178,24 @@ func testForks(t *testing.T, d *daemon) {
 	if sns := d.snapshots(); len(sns) != 0 {
 		t.Fatalf("vm fork left snapshots: %+v", sns)
 	}
+
+	// A run-time identity change (issue 10): a new IP and host key through
+	// the agent; ssh works with the new pin, the old pin is gone.
+	kh, _ := os.ReadFile(d.stateDir + "/ssh/known_hosts")
+	if !strings.Contains(string(kh), f.GuestIP+" ") {
+		t.Fatalf("twin's ip %s is not pinned:\n%s", f.GuestIP, kh)
+	}
+	r := d.mustVM("vm", "reidentify", "--new-ip", "twin")
+	if r.GuestIP == f.GuestIP || r.HostKey == f.HostKey || r.GuestIP == "" {
+		t.Fatalf("reidentify: ip %s -> %s, key changed %v", f.GuestIP, r.GuestIP, r.HostKey != f.HostKey)
+	}
+	kh, _ = os.ReadFile(d.stateDir + "/ssh/known_hosts")
+	if strings.Contains(string(kh), f.GuestIP+" ") || strings.Contains(string(kh), strings.Fields(f.HostKey)[1]) || !strings.Contains(string(kh), r.GuestIP+" ") {
+		t.Fatalf("pins after reidentify (old %s, new %s):\n%s", f.GuestIP, r.GuestIP, kh)
+	}
+	if out := d.must("vm", "ssh", "--network", "twin", "--", "sh", "-c", "ip -o -4 addr show scope global | awk '{print $4}'"); !strings.HasPrefix(strings.TrimSpace(out), r.GuestIP+"/") {
+		t.Fatalf("ssh to the new address: %q", out)
+	}
 	d.must("vm", "delete", "twin", "tmpl")
 
 	// A warm image: vm run restores the warm snapshot and gives the guest
