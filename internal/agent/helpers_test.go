@@ -59,6 +59,7 @@ type fakeSystem struct {
 	entropy   []byte
 	keys      []ssh.PublicKey
 	shutdown  chan bool
+	synced    int // Sync calls
 }
 
 func newFakeSystem() *fakeSystem { return &fakeSystem{shutdown: make(chan bool, 1)} }
@@ -122,6 +123,13 @@ func (f *fakeSystem) Shutdown(reboot bool) error {
 }
 
 func (f *fakeSystem) BootID() string { return "boot-1" }
+
+func (f *fakeSystem) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.synced++
+	return nil
+}
 
 // startAgent serves an agent with sys on one end of a socket pair and
 // returns a client connected to it.

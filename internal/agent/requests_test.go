@@ -64,6 +64,40 @@ func TestSetIdentity(t *testing.T) {
 	if len(keys) != 1 || len(sys.keys) != 1 || !bytes.Equal(keys[0].Marshal(), sys.keys[0].Marshal()) {
 		t.Errorf("host keys returned %v, generated %v: the host must get exactly the keys the guest made", keys, sys.keys)
 	}
+	if sys.synced != 1 {
+		t.Errorf("the identity's files were synced %d times, want once (files are written unflushed)", sys.synced)
+	}
+}
+
+// TestManagedByNetworkd reads networkd's link state as the agent waits on it.
+func TestManagedByNetworkd(t *testing.T) {
+	for state, want := range map[string]bool{
+		"# private\nADMIN_STATE=configured\nOPER_STATE=routable\n": true,
+		"ADMIN_STATE=configuring\n":                                true,
+		"ADMIN_STATE=unmanaged\nOPER_STATE=routable\n":             false,
+		"ADMIN_STATE=linger\n":                                     false,
+		"":                                                         false,
+	} {
+		if got := managedByNetworkd([]byte(state)); got != want {
+			t.Errorf("%q: managed %v, want %v", state, got, want)
+		}
+	}
+}
+
+// TestNoReexec: only an sshd run with -r keeps the host keys it read at
+// start; the default re-executes per connection.
+func TestNoReexec(t *testing.T) {
+	for args, want := range map[string]bool{
+		"/usr/sbin/sshd\x00-D\x00":                                    false,
+		"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups\x00": false,
+		"/usr/sbin/sshd\x00-D\x00-r\x00":                              true,
+		"/usr/sbin/sshd\x00-Dr\x00":                                   true,
+		"/usr/sbin/sshd\x00-f\x00/etc/ssh/r\x00":                      false,
+	} {
+		if got := noReexecCmdline([]byte(args)); got != want {
+			t.Errorf("%q: no re-exec %v, want %v", args, got, want)
+		}
+	}
 }
 
 func TestSetIdentityRejectsBadInputWhole(t *testing.T) {

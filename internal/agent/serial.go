@@ -32,9 +32,12 @@ import (
 // ignores (RFC 4253 4.2). Vsock connections are new streams and need none
 // of this.
 const (
-	syncRequest  = "BANGER-AGENT-SYNC "
-	syncReply    = "BANGER-AGENT-READY "
-	syncInterval = 500 * time.Millisecond
+	syncRequest = "BANGER-AGENT-SYNC "
+	syncReply   = "BANGER-AGENT-READY "
+	// A restored guest's agent may still be in the connection its
+	// snapshot's host had: the first line ends that connection and the
+	// next one is answered, so the repeat is kept short.
+	syncInterval = 100 * time.Millisecond
 	// maxSyncLine bounds the line either side keeps while scanning.
 	maxSyncLine = 128
 )

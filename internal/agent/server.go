@@ -275,6 +275,9 @@ func (s *Server) applyIdentity(id Identity) (IdentityResult, error) {
 			res.HostKeys = append(res.HostKeys, strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))))
 		}
 	}
+	if err := s.sys.Sync(); err != nil {
+		return res, fmt.Errorf("identity: %w", err)
+	}
 	s.identity = true
 	return res, nil
 }

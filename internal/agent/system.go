@@ -42,6 +42,10 @@ type System interface {
 	AddEntropy(data []byte) error
 	Shutdown(reboot bool) error
 	BootID() string
+	// Sync makes what the methods above wrote durable: they write files
+	// without flushing each (a flush costs a host fsync per file), and
+	// the agent syncs once when a request has written them all.
+	Sync() error
 }
 
 // HostSystem is the running guest: what cmd/banger-agent uses.
@@ -227,10 +231,14 @@ func (h HostSystem) restartSSHD() {
 // at start.
 func noReexec(pid int) bool {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil {
-		return false
-	}
-	for _, arg := range strings.Split(string(b), "\x00") {
+	return err == nil && noReexecCmdline(b)
+}
+
+// noReexecCmdline reports whether a /proc cmdline has sshd's -r option.
+func noReexecCmdline(b []byte) bool {
+	// sshd rewrites its process title into one string holding its
+	// arguments ("sshd: /usr/sbin/sshd -D [listener] ..."): split on spaces too.
+	for _, arg := range strings.FieldsFunc(string(b), func(r rune) bool { return r == 0 || r == ' ' }) {
 		if len(arg) > 1 && arg[0] == '-' && arg[1] != '-' && !strings.ContainsAny(arg, "=/") && strings.Contains(arg, "r") {
 			return true
 		}
@@ -350,7 +358,7 @@ func isSystemd() bool {
 
 // writeFileAtomic replaces path with data and mode through a temporary
 // file in the same directory.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error { // durable after Sync
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
@@ -358,9 +366,8 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	tmp := f.Name()
 	_, err1 := f.Write(data)
 	err2 := f.Chmod(mode)
-	err3 := f.Sync()
-	err4 := f.Close()
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	err3 := f.Close()
+	if err := errors.Join(err1, err2, err3); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -466,4 +473,18 @@ func hasAddress(link netlink.Link, n NetworkIdentity) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// Sync flushes the root filesystem once (syncfs), making every file the
+// agent wrote durable.
+func (HostSystem) Sync() error {
+	f, err := os.Open("/")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs /: %w", err)
+	}
+	return nil
 }

@@ -295,8 +295,10 @@ func (s *Service) reidentify(ctx context.Context, c *agent.Client, v *model.VM, 
 	if err != nil {
 		return nil, err
 	}
-	req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true,
-		Network: &agent.NetworkIdentity{MAC: network.MACFor(sn.VMID), Address: id.Address, Gateway: id.Gateway, NewMAC: id.MAC.String()}}
+	req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true}
+	if s.cfg.Network != nil { // the guest has a NIC (the snapshot's meta says so too)
+		req.Network = &agent.NetworkIdentity{MAC: network.MACFor(sn.VMID), Address: id.Address, Gateway: id.Gateway, NewMAC: id.MAC.String()}
+	}
 	keys, err := c.SetIdentity(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("give the guest (restored with %s's address %s) the identity of vm %q: %w", sn.VMName, from, v.Name, err)
@@ -339,21 +341,33 @@ func (s *Service) ForkVM(ctx context.Context, ref string, req api.ForkVMRequest)
 	if _, err := s.store.ResolveVM(ctx, req.Name); err == nil {
 		return nil, errdefs.AlreadyExists("vm %q already exists (hint: pick another name for the fork)", req.Name)
 	}
-	sn, err := s.CreateSnapshot(ctx, ref, SnapshotOptions{Name: req.Snapshot})
+	src, err := s.resolveVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.store.ResolveImage(ctx, src.ImageID)
+	if err != nil {
+		return nil, fmt.Errorf("image of vm %q: %w", src.Name, err)
+	}
+	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+		return nil, errdefs.FailedPrecondition("vm %q: image %q has no banger-agent of protocol %d, which a fork needs to give the guest its own identity (hint: fork a vm made from an image banger built)", src.Name, img.Name, agent.ProtocolVersion)
+	}
+	sn, err := s.CreateSnapshot(ctx, src.ID, SnapshotOptions{Name: req.Snapshot})
 	if err != nil {
 		return nil, err
 	}
 	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: req.Name, From: sn.ID, Start: true})
 	if req.Snapshot == "" {
 		// The fork's disk is its own copy: the snapshot is not needed once
-		// it runs. A fork that did not start keeps it (its restore is
-		// still pending), and says so.
-		if err == nil {
+		// it runs, or if no fork was made. A fork made but not started
+		// keeps it (its restore is still pending), and says so.
+		pending, perr := s.store.VMsPendingRestore(context.WithoutCancel(ctx), sn.ID)
+		if perr == nil && len(pending) == 0 {
 			if derr := s.DeleteSnapshot(context.WithoutCancel(ctx), sn.ID); derr != nil {
 				s.log.Warn("could not delete the fork's temporary snapshot", "snapshot", sn.Name, "error", derr)
 			}
-		} else {
-			err = fmt.Errorf("%w (snapshot %q is kept)", err, sn.Name)
+		} else if err != nil {
+			err = fmt.Errorf("%w (snapshot %q is kept for it)", err, sn.Name)
 		}
 	}
 	return v, err

@@ -51,6 +51,9 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 		if err != nil {
 			return err
 		}
+		if opts.NewIP && s.cfg.Network == nil {
+			return errdefs.FailedPrecondition("the daemon runs without a network (--no-network): vm %q has no address to change", v.Name)
+		}
 		oldIP := v.GuestIP
 		newIP := oldIP
 		steps := []Step{}
@@ -88,8 +91,10 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 				if err != nil {
 					return err
 				}
-				req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true,
-					Network: &agent.NetworkIdentity{MAC: network.MACFor(v.ID), Address: id.Address, Gateway: id.Gateway}}
+				req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true}
+				if s.cfg.Network != nil {
+					req.Network = &agent.NetworkIdentity{MAC: network.MACFor(v.ID), Address: id.Address, Gateway: id.Gateway}
+				}
 				if keys, err = c.SetIdentity(ctx, req); err != nil {
 					return err
 				}

@@ -397,3 +397,47 @@ func TestOrphanSnapshotDirsRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestForkRefusals: a fork takes its snapshot's shape (another is refused
+// naming both), and needs the guest agent in the image (the fake image
+// has none): refused with the reason, nothing made, vm fork leaves no
+// snapshot behind.
+func TestForkRefusals(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.started("web")
+	sn, err := e.svc.CreateSnapshot(ctx, "web", SnapshotOptions{Name: "s1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sn.Kind != model.SnapshotUser || sn.GuestIP == "" || sn.DiskStrategy == "" || sn.DiskBytes == 0 {
+		t.Fatalf("the snapshot records no fork facts: %+v", sn)
+	}
+	before, _ := e.svc.ListVMs(ctx)
+	entries, _ := os.ReadDir(e.svc.layout.VMsDir())
+	for _, c := range []struct {
+		req  api.CreateVMRequest
+		is   error
+		want string
+	}{
+		{api.CreateVMRequest{Name: "f", From: "s1", VCPUs: 3}, errdefs.ErrInvalidArgument, "vcpus"},
+		{api.CreateVMRequest{Name: "f", From: "s1", MemoryMiB: 4096}, errdefs.ErrInvalidArgument, "memory"},
+		{api.CreateVMRequest{Name: "f", From: "s1", DiskStrategy: "qcow2-no"}, errdefs.ErrInvalidArgument, "disk strategy"},
+		{api.CreateVMRequest{Name: "f", From: "nope"}, errdefs.ErrNotFound, "nope"},
+		{api.CreateVMRequest{Name: "f", From: "s1"}, errdefs.ErrFailedPrecondition, "banger-agent"},
+	} {
+		_, err := e.svc.CreateVM(ctx, c.req)
+		if !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %v naming %q", c.req, err, c.is, c.want)
+		}
+	}
+	if _, err := e.svc.ForkVM(ctx, "web", api.ForkVMRequest{Name: "f"}); !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "banger-agent") {
+		t.Errorf("vm fork of a vm without an agent: %v", err)
+	}
+	after, _ := e.svc.ListVMs(ctx)
+	entriesAfter, _ := os.ReadDir(e.svc.layout.VMsDir())
+	sns, _ := e.svc.ListSnapshots(ctx)
+	if len(after) != len(before) || len(entriesAfter) != len(entries) || len(sns) != 1 {
+		t.Fatalf("a refused fork left something: %d vms (was %d), %d dirs (was %d), %d snapshots", len(after), len(before), len(entriesAfter), len(entries), len(sns))
+	}
+}
