@@ -36,6 +36,7 @@ func (quietSystem) SetClock(time.Time) error                                   {
 func (quietSystem) AddEntropy([]byte) error                                    { return nil }
 func (quietSystem) Shutdown(bool) error                                        { return nil }
 func (quietSystem) BootID() string                                             { return "boot-1" }
+func (quietSystem) Sync() error                                                { return nil }
 
 // fakeHybridVsock serves Firecracker's hybrid vsock protocol on a unix
 // socket ("CONNECT <port>\n", "OK <n>\n") with a real agent server of

@@ -13,6 +13,9 @@ type HostNetwork interface {
 	EnsureHost(ctx context.Context) error
 	CreateTap(ctx context.Context, name string, owner int) error
 	DeleteTap(ctx context.Context, name string) error
+	// ForgetNeighbour drops the host's ARP entry for an address that
+	// changed hands (a VM's start, a move to a new address).
+	ForgetNeighbour(ip netip.Addr) error
 	RemoveOrphanTaps(ctx context.Context, owned func(name string) bool) ([]string, error)
 	Publish(ctx context.Context, owner string, guestIP netip.Addr, p network.Publish) error
 	// PublishAll publishes every port in one batch (issue 9).

@@ -36,6 +36,8 @@ func newFakeNet() *fakeNet {
 
 func (f *fakeNet) EnsureHost(context.Context) error { return nil }
 
+func (f *fakeNet) ForgetNeighbour(netip.Addr) error { return nil }
+
 func (f *fakeNet) CreateTap(_ context.Context, name string, _ int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -129,6 +130,13 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 // moveNetwork gives a running VM's rules and published ports its record's
 // (new) address.
 func (s *Service) moveNetwork(ctx context.Context, v *model.VM) error {
+	if s.cfg.Network != nil {
+		if ip, err := netip.ParseAddr(v.GuestIP); err == nil {
+			if err := s.cfg.Network.ForgetNeighbour(ip); err != nil {
+				return err
+			}
+		}
+	}
 	if nh := s.netPolicyHost(); nh != nil && v.Runtime.Tap != "" {
 		vn, err := vmNet(v, v.Runtime.Tap)
 		if err != nil {

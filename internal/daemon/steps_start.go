@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -49,7 +50,17 @@ func (s *Service) buildStartSteps(op *operation, sc *startCtx) []Step {
 				if um, ok := sc.drv.(vmm.UserMapper); ok {
 					owner, _ = um.RunAs(sc.spec)
 				}
-				return s.cfg.Network.CreateTap(ctx, sc.spec.Tap, owner)
+				if err := s.cfg.Network.CreateTap(ctx, sc.spec.Tap, owner); err != nil {
+					return err
+				}
+				// The address may have been another VM's, or this VM's
+				// template's (a fork): the host must resolve it anew.
+				if ip, err := netip.ParseAddr(sc.v.GuestIP); err == nil {
+					if err := s.cfg.Network.ForgetNeighbour(ip); err != nil {
+						op.log.Warn("could not forget the host's neighbour entry", append(vmAttrs(sc.v), "error", err)...)
+					}
+				}
+				return nil
 			},
 			Release: &Release{Held: func() bool { return sc.v.Runtime.Tap != "" },
 				Do: func(ctx context.Context) error { return s.cfg.Network.DeleteTap(ctx, sc.spec.Tap) }}})

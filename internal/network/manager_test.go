@@ -429,3 +429,47 @@ func TestTwoManagersInOneNamespace(t *testing.T) {
 		t.Errorf("b.OrphanTaps after a's Teardown = %v, %v", got, err)
 	}
 }
+
+// TestForgetNeighbour: the host's ARP entry for an address on the bridge
+// goes (an address that changed hands is resolved again); forgetting one
+// the host never had is no error.
+func TestForgetNeighbour(t *testing.T) {
+	e := newEnv(t)
+	if err := e.m.EnsureHost(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	br, err := e.nl.LinkByName(e.m.bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := e.m.pool.Gateway().Next()
+	mac, _ := net.ParseMAC("06:fc:00:00:00:01")
+	n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE, IP: ip.AsSlice(), HardwareAddr: mac}
+	if err := e.nl.NeighSet(n); err != nil {
+		t.Fatal(err)
+	}
+	has := func() bool {
+		ns, err := e.nl.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range ns {
+			if x.IP.Equal(ip.AsSlice()) {
+				return true
+			}
+		}
+		return false
+	}
+	if !has() {
+		t.Fatal("the test's neighbour entry is not there")
+	}
+	if err := e.m.ForgetNeighbour(ip); err != nil {
+		t.Fatal(err)
+	}
+	if has() {
+		t.Fatalf("the neighbour entry for %s is still there", ip)
+	}
+	if err := e.m.ForgetNeighbour(ip); err != nil {
+		t.Fatalf("forgetting an absent entry: %v", err)
+	}
+}

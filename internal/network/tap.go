@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -376,4 +377,23 @@ func describe(l netlink.Link) string {
 		return "tun"
 	}
 	return l.Type()
+}
+
+// ForgetNeighbour removes the host's neighbour (ARP) entry for ip on the
+// bridge, if any: an address that changed hands (a deleted VM's, given to
+// a new VM or a fork, or a VM moved to a new address) must be resolved
+// again, not reached at the MAC the host last saw for it, which drops
+// every packet until the entry ages out.
+func (m *Manager) ForgetNeighbour(ip netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	br, err := m.nl.LinkByName(m.bridge)
+	if err != nil {
+		return classify(fmt.Errorf("forget the neighbour %s: look up bridge %q: %w", ip, m.bridge, err))
+	}
+	err = m.nl.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, IP: ip.AsSlice()})
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("forget the neighbour %s on %s: %w", ip, m.bridge, err)
+	}
+	return nil
 }

@@ -43,6 +43,7 @@ func (quietSystem) SetClock(time.Time) error                                   {
 func (quietSystem) AddEntropy([]byte) error                                    { return nil }
 func (quietSystem) Shutdown(bool) error                                        { return nil }
 func (quietSystem) BootID() string                                             { return "boot-1" }
+func (quietSystem) Sync() error                                                { return nil }
 
 // TestAgentThroughTheAPI: a VM whose "guest" is a real agent server behind
 // a hybrid-vsock socket (Firecracker's CONNECT protocol, played here) is
