@@ -11,7 +11,8 @@ import (
 
 // newLogPipeCommand is the hidden log forwarder the daemon spawns for each
 // VMM (see logcap.SpawnForwarder): it copies stdin, the VMM's output, into
-// FILE capped at --cap bytes, and exits when the VMM closes the pipe.
+// FILE capped at --cap bytes, and exits when the VMM closes the pipe. It
+// says on fd 3 whether FILE is open and has room before it reads.
 func newLogPipeCommand() *cobra.Command {
 	var limit int64
 	cmd := &cobra.Command{
@@ -22,7 +23,7 @@ func newLogPipeCommand() *cobra.Command {
 			if limit <= 0 {
 				return errdefs.InvalidArgument("--cap must be a positive number of bytes")
 			}
-			return logcap.Forward(os.Stdin, args[0], limit)
+			return logcap.Forward(os.Stdin, args[0], limit, os.NewFile(logcap.ReadyFD, "ready"))
 		},
 	}
 	cmd.Flags().Int64Var(&limit, "cap", 0, "most bytes FILE and FILE.1 may hold together")

@@ -47,7 +47,8 @@ type SpawnOptions struct {
 
 // Spawn starts a VMM process in its own session, so that it outlives the
 // daemon, with stdin from /dev/null and stdout and stderr to the VM log
-// (opts). The daemon reaps the process if it exits while the daemon runs
+// (opts). The log must have room for logcap.StartRoom bytes, or no VMM is
+// started (an out_of_space error naming the log). The daemon reaps the process if it exits while the daemon runs
 // and reports its status to opts.OnExit; after a daemon restart, init
 // reaps it.
 func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
@@ -55,13 +56,18 @@ func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
 	if opts.LogCap > 0 {
 		w, _, err := logcap.SpawnForwarder(logcap.ForwarderConfig{Path: opts.LogPath, Cap: opts.LogCap})
 		if err != nil {
-			return Process{}, fmt.Errorf("vm log: %w", err)
+			return Process{}, err // names the log
 		}
 		out = w
 	} else {
 		f, err := os.OpenFile(opts.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, logcap.Mode)
+		if err == nil {
+			if err = logcap.ReserveFile(f, logcap.StartRoom); err != nil {
+				f.Close()
+			}
+		}
 		if err != nil {
-			return Process{}, fmt.Errorf("open vm log: %w", err)
+			return Process{}, logcap.StartError(opts.LogPath, err)
 		}
 		out = f
 	}
