@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
 )
 
 // Reconcile brings the records in line with the host after a daemon start.
@@ -14,6 +15,7 @@ import (
 // nothing on the host. Each is reconciled by the steps buildReconcileSteps
 // picks for it.
 func (s *Service) Reconcile(ctx context.Context) error {
+	ctx = store.Recovery(ctx) // its records may use the state dir's reserve
 	unfinished, err := s.store.ListUnfinishedOperations(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -172,7 +173,7 @@ func waitGone(pid int, st uint64) {
 // vmmExited records the exit of VM id's VMM process pid and tears down its
 // runtime, unless a stop, kill, delete or start got there first.
 func (s *Service) vmmExited(id string, pid int, st uint64, e vmm.Exit, known bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	ctx, cancel := context.WithTimeout(store.Recovery(context.Background()), teardownTimeout)
 	defer cancel()
 	unlock, err := s.locks.lock(ctx, id)
 	if err != nil {
