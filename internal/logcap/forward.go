@@ -179,6 +179,12 @@ func Forward(r io.Reader, path string, limit int64, ready io.WriteCloser) (err e
 	}
 	ready.Close()
 	defer func() { err = errors.Join(err, w.Close()) }()
+	return Drain(r, w)
+}
+
+// Drain copies r into w until r ends. It never stops reading while r is
+// open: what cannot be written is dropped (Writer.Write).
+func Drain(r io.Reader, w *Writer) error {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := r.Read(buf)
