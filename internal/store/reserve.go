@@ -170,28 +170,46 @@ func outOfSpace(err error, dir string, size int64) bool {
 		return true
 	case sqlite3.SQLITE_IOERR:
 		var fs unix.Statfs_t
-		return unix.Statfs(dir, &fs) == nil && int64(fs.Bavail)*fs.Bsize < size
+		return dir != "" && unix.Statfs(dir, &fs) == nil && int64(fs.Bavail)*fs.Bsize < max(size, 1<<20)
 	}
 	return false
 }
 
 // write runs a write (a transaction or a statement). A recovery write that
-// finds the filesystem full releases the reserve and is tried once more;
-// after a write that succeeded, a released reserve is re-created when
-// there is room.
+// finds the filesystem full is tried again after a WAL checkpoint (the WAL
+// then starts over in the blocks it has), and if it still does not fit,
+// once more after releasing the reserve. After a write that succeeded, a
+// released reserve is re-created when there is room.
 func (s *Store) write(ctx context.Context, fn func() error) error {
 	err := fn()
 	r := s.reserve
-	if r == nil {
-		return err
+	full := func(err error) bool {
+		if r == nil {
+			return outOfSpace(err, "", 0)
+		}
+		return outOfSpace(err, filepath.Dir(r.path), r.size)
 	}
-	if err != nil && isRecovery(ctx) && outOfSpace(err, filepath.Dir(r.path), r.size) && r.release(err) {
+	if err != nil && isRecovery(ctx) && full(err) {
+		s.checkpoint(ctx)
 		err = fn()
+		if err != nil && r != nil && full(err) && r.release(err) {
+			s.checkpoint(ctx)
+			err = fn()
+		}
 	}
-	if err == nil && r.isReleased() {
+	if err == nil && r != nil && r.isReleased() {
 		r.ensure()
 	}
 	return err
+}
+
+// checkpoint copies the WAL into the database and makes the next write
+// start the WAL over (RESTART: the file keeps its blocks, unlike
+// TRUNCATE, whose blocks another writer could take). Best effort: on a
+// full disk it may not complete.
+func (s *Store) checkpoint(ctx context.Context) {
+	var busy, frames, done int
+	_ = s.db.QueryRowContext(ctx, `PRAGMA wal_checkpoint(RESTART)`).Scan(&busy, &frames, &done)
 }
 
 func (r *reserve) isReleased() bool {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -172,4 +174,45 @@ func TestNoReserveRecoveryWriteFails(t *testing.T) {
 		t.Fatal("a stop's record landed on a full disk without a reserve: the reserve test proves nothing")
 	}
 	t.Logf("without a reserve: %v", err)
+}
+
+// TestReserveHoldsManyRecoveryWrites: once released, the reserve holds
+// many recovery records, not a few: start and stop records (a VM update
+// and a journal entry each) on the still full filesystem, up to
+// BANGER_RESERVE_RECORDS (default 2000; unset the cap with a large value
+// to measure how many fit). With SQLite's default wal_autocheckpoint
+// (1000 pages) the WAL took the whole reserve after 39 (119 with the
+// checkpoint before the release).
+func TestReserveHoldsManyRecoveryWrites(t *testing.T) {
+	want := 2000
+	if v := os.Getenv("BANGER_RESERVE_RECORDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			t.Fatalf("BANGER_RESERVE_RECORDS=%q: want a positive integer", v)
+		}
+		want = n
+	}
+	ctx := Recovery(context.Background())
+	s, v, rpath, _ := fullStore(t, true)
+	n := 0
+	var err error
+	for ; n < want; n++ {
+		v.State = model.StateRunning
+		if err = s.UpdateVM(ctx, v); err != nil {
+			break
+		}
+		if err = recordStop(ctx, s, v); err != nil {
+			break
+		}
+	}
+	var sizes []string
+	for _, name := range []string{"banger.db", "banger.db-wal"} {
+		if st, serr := os.Stat(filepath.Join(filepath.Dir(rpath), name)); serr == nil {
+			sizes = append(sizes, fmt.Sprintf("%s %d bytes", name, st.Size()))
+		}
+	}
+	t.Logf("a %d KiB reserve held %d start and stop records (3 writes each) on a full filesystem (%v); then: %v", testReserve>>10, n, sizes, err)
+	if n < want {
+		t.Fatalf("the reserve held %d records, want %d", n, want)
+	}
 }

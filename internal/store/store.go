@@ -30,18 +30,27 @@ type Store struct {
 	reserve *reserve // nil: none
 }
 
+// WALCheckpointPages is SQLite's wal_autocheckpoint: the WAL is copied
+// into the database once it holds this many pages, and the next write
+// starts it over, reusing its blocks. SQLite's default, 1000 pages (4
+// MiB), would let the WAL alone take a released reserve on a full disk:
+// then a checkpoint has no room to grow the database and every write
+// fails. At 128 pages (512 KiB) the WAL cycles within its blocks and the
+// reserve is left for the database's growth.
+const WALCheckpointPages = 128
+
 // JournalSizeLimit bounds the WAL file once it is reset after a checkpoint
 // (PRAGMA journal_size_limit): a burst of writes does not leave it at its
 // peak size for good. Below it, the WAL's blocks stay allocated and are
 // reused: room for the next writes even on a full filesystem.
-const JournalSizeLimit = 4 << 20
+const JournalSizeLimit = 1 << 20
 
 // Open opens (creating if needed) the database at path and migrates it.
 // The migration is a recovery write: a daemon restarts on a full disk.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(1)",
-		fmt.Sprintf("journal_size_limit(%d)", JournalSizeLimit)} {
+		fmt.Sprintf("journal_size_limit(%d)", JournalSizeLimit), fmt.Sprintf("wal_autocheckpoint(%d)", WALCheckpointPages)} {
 		q.Add("_pragma", p)
 	}
 	rq := url.Values{}
