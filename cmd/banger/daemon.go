@@ -155,7 +155,7 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 		hostNet = netm
 	}
 
-	st, err := store.Open(ctx, l.DBPath())
+	st, err := store.Open(ctx, l.DBPath(), store.WithReserve(l.ReservePath(), store.DefaultReserveBytes, log))
 	if err != nil {
 		return err
 	}

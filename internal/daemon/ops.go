@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
 )
 
 // detached operations (stop, kill, delete, and the stop half of restart),
@@ -18,7 +19,9 @@ func (s *Service) runOp(ctx context.Context, ref, kind string, detach bool, fn f
 	var out *model.VM
 	err := s.withVM(ctx, ref, func(v *model.VM) error {
 		if detach {
-			ctx = context.WithoutCancel(ctx)
+			// A recovery: on a full disk its records may use the
+			// state dir's reserve (store.Recovery).
+			ctx = store.Recovery(context.WithoutCancel(ctx))
 		}
 		op := s.begin(ctx, kind, v)
 		out = v

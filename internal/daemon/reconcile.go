@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
+	"github.com/banger-vm/banger/internal/vmm"
 )
 
 // Reconcile brings the records in line with the host after a daemon start.
@@ -14,6 +16,7 @@ import (
 // nothing on the host. Each is reconciled by the steps buildReconcileSteps
 // picks for it.
 func (s *Service) Reconcile(ctx context.Context) error {
+	ctx = store.Recovery(ctx) // its records may use the state dir's reserve
 	unfinished, err := s.store.ListUnfinishedOperations(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
@@ -100,6 +103,18 @@ func (s *Service) buildReconcileSteps(op *operation, v *model.VM) []Step {
 		reason = fmt.Sprintf("a start was cut short by a daemon exit; vmm pid %d was stopped", v.Runtime.PID)
 	} else {
 		reason = fmt.Sprintf("vmm process %d exited while the daemon was not running", v.Runtime.PID)
+		// A running VM's VMM that ended on its own: its supervisor wrote
+		// how (a guest power-off is a clean stop).
+		if e, ok := vmm.ReadExitFile(v.VMDir, v.Runtime.PID, v.Runtime.PIDStartTime); ok && v.State == model.StateRunning {
+			v.LastExit = exitOf(e, true, v.LogPath)
+			reason = fmt.Sprintf("vmm process %d %s, while the daemon was not running", v.Runtime.PID, v.LastExit.Reason())
+			state := model.StateStopped
+			if !v.LastExit.Clean() {
+				state = model.StateError
+			}
+			op.Note(StageVMMGone, reason)
+			return []Step{{Name: StageCleanupRuntime, Do: func(ctx context.Context) error { return s.teardownAs(ctx, v, op, "vmm "+v.LastExit.Reason(), state) }}}
+		}
 	}
 	op.Note(StageVMMGone, reason)
 	return teardown(StageCleanupRuntime, reason)

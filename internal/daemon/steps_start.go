@@ -14,6 +14,7 @@ import (
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/model"
 	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/vmm"
 )
 
@@ -266,7 +267,7 @@ func (s *Service) recordStartFailure(ctx context.Context, v *model.VM, op *opera
 	} else {
 		op.log.Warn("rollback incomplete: keeping the runtime for a later cleanup", append(vmAttrs(v), "undo_errors", errors.Join(se.UndoErrs...))...)
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	wctx, cancel := context.WithTimeout(store.Recovery(context.WithoutCancel(ctx)), recordTimeout) // a rollback: may use the reserve
 	defer cancel()
 	if werr := s.store.UpdateVM(wctx, v); werr != nil {
 		op.log.Warn("could not record the failed start", append(vmAttrs(v), "error", werr, "start_error", err)...)

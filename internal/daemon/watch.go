@@ -13,6 +13,7 @@ import (
 
 	"github.com/banger-vm/banger/internal/logcap"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/store"
 	"github.com/banger-vm/banger/internal/system"
 	"github.com/banger-vm/banger/internal/vmm"
 )
@@ -30,8 +31,9 @@ const (
 	StageVMMExited = "vmm.exited" // note: how the process ended
 )
 
-// exitWait bounds how long a watcher waits for the exit status from the
-// spawner's wait, once the pidfd said the process is gone.
+// exitWait bounds how long a watcher waits for the exit status (from the
+// spawner, or the supervisor's exit file) once the pidfd said the process
+// is gone.
 const exitWait = time.Second
 
 // logTailBytes is how much of the VM log's end an exit records.
@@ -113,25 +115,43 @@ func (b *exitBook) put(e vmm.Exit) {
 	}
 }
 
-// take waits up to d for pid's exit status and forgets pid.
-func (b *exitBook) take(pid int, d time.Duration) (vmm.Exit, bool) {
+// exitFilePoll is how often take looks for the exit file.
+const exitFilePoll = 20 * time.Millisecond
+
+// take waits up to d for pid's exit status, from the spawner (OnExit) or,
+// for a VMM this daemon did not spawn (re-adopted after a restart), from
+// the exit file its supervisor writes in vmDir; then forgets pid. With
+// vmDir empty it only drains what the spawner reported.
+func (b *exitBook) take(pid int, vmDir string, st uint64, d time.Duration) (vmm.Exit, bool) {
 	c := b.ch(pid)
 	defer func() {
 		b.mu.Lock()
 		delete(b.m, pid)
 		b.mu.Unlock()
 	}()
-	select {
-	case e := <-c:
-		return e, true
-	case <-time.After(d):
-		return vmm.Exit{}, false
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(exitFilePoll)
+	defer tick.Stop()
+	for {
+		if vmDir != "" {
+			if e, ok := vmm.ReadExitFile(vmDir, pid, st); ok {
+				return e, true
+			}
+		}
+		select {
+		case e := <-c:
+			return e, true
+		case <-deadline.C:
+			return vmm.Exit{}, false
+		case <-tick.C:
+		}
 	}
 }
 
 // watchVMM starts the watcher of v's recorded VMM process.
 func (s *Service) watchVMM(v *model.VM) {
-	id, pid, st := v.ID, v.Runtime.PID, v.Runtime.PIDStartTime
+	id, pid, st, vmDir := v.ID, v.Runtime.PID, v.Runtime.PIDStartTime, v.VMDir
 	if pid == 0 || !s.exits.watch(procKey{pid, st}) {
 		return
 	}
@@ -139,10 +159,10 @@ func (s *Service) watchVMM(v *model.VM) {
 		defer s.exits.unwatch(procKey{pid, st})
 		waitGone(pid, st)
 		if s.exits.torndown(pid, st) {
-			s.exits.take(pid, 0)
+			s.exits.take(pid, "", 0, 0)
 			return
 		}
-		e, known := s.exits.take(pid, exitWait)
+		e, known := s.exits.take(pid, vmDir, st, exitWait)
 		s.vmmExited(id, pid, st, e, known)
 	}()
 }
@@ -172,7 +192,7 @@ func waitGone(pid int, st uint64) {
 // vmmExited records the exit of VM id's VMM process pid and tears down its
 // runtime, unless a stop, kill, delete or start got there first.
 func (s *Service) vmmExited(id string, pid int, st uint64, e vmm.Exit, known bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	ctx, cancel := context.WithTimeout(store.Recovery(context.Background()), teardownTimeout)
 	defer cancel()
 	unlock, err := s.locks.lock(ctx, id)
 	if err != nil {
@@ -186,13 +206,7 @@ func (s *Service) vmmExited(id string, pid int, st uint64, e vmm.Exit, known boo
 	if v.State != model.StateRunning || v.Runtime.PID != pid || v.Runtime.PIDStartTime != st {
 		return // a stop, kill or delete tore it down itself
 	}
-	ex := &model.Exit{Known: known, Code: e.Code, At: e.At, LogTail: logTail(v.LogPath)}
-	if !known {
-		ex.At = time.Now().UTC()
-	}
-	if e.Signal != 0 {
-		ex.Signal = unix.SignalName(e.Signal)[len("SIG"):]
-	}
+	ex := exitOf(e, known, v.LogPath)
 	op := s.begin(ctx, "vm.exited", v)
 	op.Note(StageVMMExited, fmt.Sprintf("vmm pid %d %s", pid, ex.Reason()))
 	v.LastExit = ex
@@ -202,6 +216,19 @@ func (s *Service) vmmExited(id string, pid int, st uint64, e vmm.Exit, known boo
 		state = model.StateError
 	}
 	_ = op.finish(s.teardownAs(ctx, v, op, reason, state))
+}
+
+// exitOf is the record of a VMM's exit e (known: its status is known),
+// with the end of its log.
+func exitOf(e vmm.Exit, known bool, logPath string) *model.Exit {
+	ex := &model.Exit{Known: known, Code: e.Code, At: e.At, LogTail: logTail(logPath)}
+	if !known {
+		ex.At = time.Now().UTC()
+	}
+	if e.Signal != 0 {
+		ex.Signal = unix.SignalName(e.Signal)[len("SIG"):]
+	}
+	return ex
 }
 
 // logTail is the end of the VM log, whole lines only.

@@ -66,6 +66,7 @@ func (l Layout) Ensure() error {
 }
 
 func (l Layout) DBPath() string        { return filepath.Join(l.StateDir, "banger.db") }
+func (l Layout) ReservePath() string   { return filepath.Join(l.StateDir, "reserve") }
 func (l Layout) ImagesDir() string     { return filepath.Join(l.StateDir, "images") }
 func (l Layout) VMsDir() string        { return filepath.Join(l.StateDir, "vms") }
 func (l Layout) SSHDir() string        { return filepath.Join(l.StateDir, "ssh") }

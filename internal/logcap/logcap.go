@@ -16,6 +16,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mode is the mode of every log file, whatever the umask.
@@ -85,6 +87,41 @@ func (w *Writer) rotate() error {
 		return err
 	}
 	return w.open()
+}
+
+// Reserve makes sure the next n bytes appended to the current file have
+// room on its filesystem: it allocates them past the end of the file
+// (fallocate with FALLOC_FL_KEEP_SIZE, so the file's size, and what the
+// log shows, do not change). A full filesystem is syscall.ENOSPC. On a
+// filesystem without fallocate, it checks the free space instead.
+func (w *Writer) Reserve(n int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	return ReserveFile(w.f, n)
+}
+
+// ReserveFile is Writer.Reserve for a plain file open for appending.
+func ReserveFile(f *os.File, n int64) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, st.Size(), n)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		var fs unix.Statfs_t
+		if err = unix.Fstatfs(int(f.Fd()), &fs); err == nil && int64(fs.Bavail)*fs.Bsize < n {
+			err = unix.ENOSPC
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("reserve %d bytes: %w", n, err)
+	}
+	return nil
 }
 
 // Write appends p. It never fails and never blocks on a full disk: what

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/testutil"
 )
 
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) == 5 && os.Args[1] == ForwarderCommand && os.Args[2] == "--cap" {
 		limit, err := strconv.ParseInt(os.Args[3], 10, 64)
 		if err == nil {
-			err = Forward(os.Stdin, os.Args[4], limit)
+			err = Forward(os.Stdin, os.Args[4], limit, os.NewFile(ReadyFD, "ready"))
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -251,9 +252,96 @@ func TestForwarderExitsWhenTheWriterCloses(t *testing.T) {
 }
 
 func TestSpawnForwarderUnwritableLog(t *testing.T) {
-	_, _, err := SpawnForwarder(ForwarderConfig{Path: filepath.Join(t.TempDir(), "absent", "vm.log"), Cap: 64 << 10})
+	path := filepath.Join(t.TempDir(), "absent", "vm.log")
+	_, _, err := SpawnForwarder(ForwarderConfig{Path: path, Cap: 64 << 10})
 	if err == nil {
 		t.Fatal("a log in a missing dir was accepted")
+	}
+	if !strings.Contains(err.Error(), path) || !errors.Is(err, syscall.ENOENT) {
+		t.Fatalf("error %q does not name the log and its cause (ENOENT)", err)
+	}
+	if pids := forwardersOf(t, path); len(pids) > 0 {
+		t.Fatalf("forwarders %v still run after a failed spawn", pids)
+	}
+}
+
+// forwardersOf lists the forwarder processes writing path (their command
+// line names it), zombies included.
+func forwardersOf(t *testing.T, path string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if len(args) > 1 && args[0] == "banger-logpipe" && args[len(args)-1] == path {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestSpawnForwarderFailsOnAFullDisk: a log that has no room for the VM's
+// first output fails the spawn, as out_of_space naming the log, and leaves
+// no forwarder; also when the log exists and its last block has room for
+// a few more lines. Once space is back the spawn works and the log keeps
+// what it had (the room is reserved past its end, not written).
+func TestSpawnForwarderFailsOnAFullDisk(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0700"); err != nil {
+		t.Fatalf("mount a 1 MiB tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	fresh, earlier := filepath.Join(dir, "fresh.log"), filepath.Join(dir, "earlier.log")
+	if err := os.WriteFile(earlier, []byte("earlier boot\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(dir, "filler")
+	fill(t, filler)
+	for _, path := range []string{fresh, earlier} {
+		_, pid, err := SpawnForwarder(ForwarderConfig{Path: path, Cap: 16 << 20})
+		if err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("%s: spawn on a full disk succeeded", path)
+		}
+		t.Logf("full disk: %v", err)
+		if errdefs.ClassOf(err) != errdefs.ClassOutOfSpace || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("error %q (class %s): want out_of_space naming %s", err, errdefs.ClassOf(err), path)
+		}
+		if pids := forwardersOf(t, path); len(pids) > 0 {
+			t.Fatalf("forwarders %v still run after a failed spawn", pids)
+		}
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	wr, pid, err := SpawnForwarder(ForwarderConfig{Path: earlier, Cap: 16 << 20})
+	if err != nil {
+		t.Fatalf("spawn once space is back: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if _, err := fmt.Fprintln(wr, "next boot"); err != nil {
+		t.Fatal(err)
+	}
+	wr.Close()
+	waitGone(t, pid)
+	if got := readAll(t, earlier); got != "earlier boot\nnext boot\n" {
+		t.Fatalf("log %q", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 
@@ -14,8 +15,12 @@ func (s *Store) InsertOperation(ctx context.Context, op *model.Operation) error 
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO operations (vm_id, kind, status, error, stages, started_at, ended_at)
+	var res sql.Result
+	err = s.write(ctx, func() (err error) {
+		res, err = s.db.ExecContext(ctx, `INSERT INTO operations (vm_id, kind, status, error, stages, started_at, ended_at)
 		VALUES (?,?,?,?,?,?,?)`, op.VMID, op.Kind, string(op.Status), op.Error, string(stages), nanos(op.StartedAt), nanos(op.EndedAt))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("journal %s: %w", op.Kind, err)
 	}
@@ -29,8 +34,11 @@ func (s *Store) UpdateOperation(ctx context.Context, op *model.Operation) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `UPDATE operations SET status=?, error=?, stages=?, ended_at=? WHERE id=?`,
-		string(op.Status), op.Error, string(stages), nanos(op.EndedAt), op.ID)
+	err = s.write(ctx, func() error {
+		_, err := s.db.ExecContext(ctx, `UPDATE operations SET status=?, error=?, stages=?, ended_at=? WHERE id=?`,
+			string(op.Status), op.Error, string(stages), nanos(op.EndedAt), op.ID)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("journal %s: %w", op.Kind, err)
 	}

@@ -21,15 +21,36 @@ import (
 // take SQLite's write lock up front (BEGIN IMMEDIATE: no lock upgrades, no
 // SQLITE_BUSY mid-transaction); reads go through rdb, whose read-only
 // transactions never take it (WAL readers do not block the writer).
+//
+// On a full filesystem, writes fail out of space (SQLITE_FULL), except
+// recovery writes, which may use the reserve (see WithReserve, Recovery).
 type Store struct {
-	db  *sql.DB
-	rdb *sql.DB
+	db      *sql.DB
+	rdb     *sql.DB
+	reserve *reserve // nil: none
 }
 
+// WALCheckpointPages is SQLite's wal_autocheckpoint: the WAL is copied
+// into the database once it holds this many pages, and the next write
+// starts it over, reusing its blocks. SQLite's default, 1000 pages (4
+// MiB), would let the WAL alone take a released reserve on a full disk:
+// then a checkpoint has no room to grow the database and every write
+// fails. At 128 pages (512 KiB) the WAL cycles within its blocks and the
+// reserve is left for the database's growth.
+const WALCheckpointPages = 128
+
+// JournalSizeLimit bounds the WAL file once it is reset after a checkpoint
+// (PRAGMA journal_size_limit): a burst of writes does not leave it at its
+// peak size for good. Below it, the WAL's blocks stay allocated and are
+// reused: room for the next writes even on a full filesystem.
+const JournalSizeLimit = 1 << 20
+
 // Open opens (creating if needed) the database at path and migrates it.
-func Open(ctx context.Context, path string) (*Store, error) {
+// The migration is a recovery write: a daemon restarts on a full disk.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)", "foreign_keys(1)",
+		fmt.Sprintf("journal_size_limit(%d)", JournalSizeLimit), fmt.Sprintf("wal_autocheckpoint(%d)", WALCheckpointPages)} {
 		q.Add("_pragma", p)
 	}
 	rq := url.Values{}
@@ -42,7 +63,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{db: db}
-	if err := s.migrate(ctx); err != nil {
+	for _, o := range opts {
+		o(s)
+	}
+	if err := s.migrate(Recovery(ctx)); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate store %s: %w", path, err)
 	}
@@ -50,6 +74,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if s.rdb, err = sql.Open("sqlite", "file:"+path+"?"+rq.Encode()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if s.reserve != nil {
+		s.reserve.ensure()
 	}
 	return s, nil
 }
@@ -194,7 +221,13 @@ type Tx struct {
 }
 
 // Transaction runs fn in a write transaction, committing if fn returns nil.
+// A recovery write (see Recovery) may run fn twice: once more after
+// releasing the reserve.
 func (s *Store) Transaction(ctx context.Context, fn func(*Tx) error) error {
+	return s.write(ctx, func() error { return s.transaction(ctx, fn) })
+}
+
+func (s *Store) transaction(ctx context.Context, fn func(*Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)

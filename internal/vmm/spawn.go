@@ -40,28 +40,41 @@ type SpawnOptions struct {
 	// logcap.SpawnForwarder) that keeps LogPath and its rotated half
 	// within LogCap bytes; 0 appends to LogPath without a cap.
 	LogCap int64
+	// ExitFile, with LogCap > 0, runs the VMM under a supervisor that is
+	// its parent and log forwarder and writes how it ended to this file
+	// (see Supervise, ReadExitFile). Empty: the daemon is the parent.
+	ExitFile string
 	// OnExit, if set, is called once with the exit status when the process
-	// ends while this daemon runs (it is the process's parent).
+	// ends while this daemon runs.
 	OnExit func(Exit)
 }
 
 // Spawn starts a VMM process in its own session, so that it outlives the
 // daemon, with stdin from /dev/null and stdout and stderr to the VM log
-// (opts). The daemon reaps the process if it exits while the daemon runs
+// (opts). The log must have room for logcap.StartRoom bytes, or no VMM is
+// started (an out_of_space error naming the log). The daemon reaps the process if it exits while the daemon runs
 // and reports its status to opts.OnExit; after a daemon restart, init
 // reaps it.
 func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
+	if opts.LogCap > 0 && opts.ExitFile != "" {
+		return spawnSupervised(path, args, opts)
+	}
 	var out *os.File
 	if opts.LogCap > 0 {
 		w, _, err := logcap.SpawnForwarder(logcap.ForwarderConfig{Path: opts.LogPath, Cap: opts.LogCap})
 		if err != nil {
-			return Process{}, fmt.Errorf("vm log: %w", err)
+			return Process{}, err // names the log
 		}
 		out = w
 	} else {
 		f, err := os.OpenFile(opts.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, logcap.Mode)
+		if err == nil {
+			if err = logcap.ReserveFile(f, logcap.StartRoom); err != nil {
+				f.Close()
+			}
+		}
 		if err != nil {
-			return Process{}, fmt.Errorf("open vm log: %w", err)
+			return Process{}, logcap.StartError(opts.LogPath, err)
 		}
 		out = f
 	}
@@ -100,7 +113,11 @@ func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
 // SpawnFor spawns the VMM of spec (see Spawn) and reports it through
 // spec.OnSpawn; if that fails, the process is killed and the error returned.
 func SpawnFor(spec Spec, path string, args []string) (Process, error) {
-	p, err := Spawn(path, args, SpawnOptions{LogPath: spec.LogPath, LogCap: spec.LogCap, OnExit: spec.OnExit})
+	opts := SpawnOptions{LogPath: spec.LogPath, LogCap: spec.LogCap, OnExit: spec.OnExit}
+	if spec.VMDir != "" {
+		opts.ExitFile = ExitFile(spec.VMDir)
+	}
+	p, err := Spawn(path, args, opts)
 	if err != nil || spec.OnSpawn == nil {
 		return p, err
 	}
