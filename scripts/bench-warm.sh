@@ -2,7 +2,8 @@
 # bench-warm.sh: `vm run --rm -- true` from a warm image against the same
 # run booting the image cold (--cold), alternating in one script, ROUNDS
 # rounds; then `vm fork` of a running VM until its guest answers through
-# the agent and its sshd over the network with the new pin, and pause and
+# the agent and its sshd over the network with the new pin, `vm exec --
+# true` through the agent against SSH over the network, and pause and
 # resume latency. Prints each measure and the medians (for
 # docs/benchmarks.md). Needs root.
 #
@@ -87,6 +88,15 @@ for i in $(seq "$rounds"); do
 	echo "vm fork: exec through the agent after $a ms, ssh over the network after $s ms"
 	"${b[@]}" vm delete "f$i" >/dev/null
 done
+
+# vm exec -- true through the agent against vm ssh --network -- true (the
+# guest's sshd with the pinned key), alternating, on the running src VM.
+: >"$work/agent"; : >"$work/ssh"
+for i in $(seq "$rounds"); do
+	t0=$(now); "${b[@]}" vm exec src -- true; ms "$t0" >>"$work/agent"
+	t0=$(now); "${b[@]}" vm ssh --network src -- true; ms "$t0" >>"$work/ssh"
+done
+echo "vm exec -- true: agent $(median <"$work/agent") ms, ssh over the network $(median <"$work/ssh") ms (medians)"
 
 # Pause and resume.
 for i in $(seq "$rounds"); do

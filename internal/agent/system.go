@@ -307,15 +307,21 @@ func (HostSystem) AddEntropy(data []byte) error {
 	if err := rc.Control(func(fd uintptr) {
 		_, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0])))
 		if e != 0 {
-			ioErr = e
+			ioErr = fmt.Errorf("ioctl RNDADDENTROPY: %w", e)
+			return
+		}
+		// An initialised kernel only mixes new entropy into its input
+		// pool; its CRNG, which getrandom reads, is reseeded on a
+		// schedule. A restored guest must not wait for it: every fork of
+		// one snapshot wakes with the same CRNG state, and would make the
+		// same keys.
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.RNDRESEEDCRNG, 0); e != 0 {
+			ioErr = fmt.Errorf("ioctl RNDRESEEDCRNG: %w", e)
 		}
 	}); err != nil {
 		return err
 	}
-	if ioErr != nil {
-		return fmt.Errorf("ioctl RNDADDENTROPY: %w", ioErr)
-	}
-	return nil
+	return ioErr
 }
 
 // Shutdown powers off or reboots cleanly: through systemd when it is

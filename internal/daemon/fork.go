@@ -234,8 +234,9 @@ func (s *Service) forkCreateIdentity(ctx context.Context, v *model.VM, op *opera
 }
 
 // resumeGuest is guest.reidentify: once a restored guest runs, its agent
-// sets the clock and adds entropy; for a fork it first gives the guest
-// this VM's identity and pins the host keys it answers with. A restored
+// adds entropy (reseeding the kernel's CRNG) and sets the clock; for a
+// fork it then gives the guest this VM's identity and pins the host keys
+// it answers with. A restored
 // guest whose image has no agent is noted and left as it is (vm restore of
 // an imported image).
 func (s *Service) resumeGuest(ctx context.Context, sc *startCtx, op *operation) error {
@@ -257,24 +258,27 @@ func (s *Service) resumeGuest(ctx context.Context, sc *startCtx, op *operation) 
 		return err
 	}
 	connected := time.Now()
-	detail := "clock set, entropy added"
-	if sc.restore.fork {
-		keys, err := s.reidentify(ctx, c, v, sc.restore.sn)
-		if err != nil {
-			return err
-		}
-		op.log.Info("restored guest given its identity", "agent_connect_ms", connected.Sub(began).Milliseconds(), "identity_ms", time.Since(connected).Milliseconds())
-		detail = fmt.Sprintf("hostname %s, %s, host key %s pinned; %s", v.Name, v.GuestIP, ssh.FingerprintSHA256(keys[0]), detail)
-	}
-	if err := c.SetClock(ctx, time.Now()); err != nil {
-		return err
-	}
+	// Entropy first: every guest restored from one snapshot wakes with the
+	// same kernel random state, and the host keys made next must differ.
+	// The agent adds the bytes and has the kernel reseed its CRNG at once.
 	seed := make([]byte, entropyBytes)
 	if _, err := rand.Read(seed); err != nil {
 		return err
 	}
 	if err := c.AddEntropy(ctx, seed); err != nil {
 		return err
+	}
+	if err := c.SetClock(ctx, time.Now()); err != nil {
+		return err
+	}
+	detail := "entropy added (crng reseeded), clock set"
+	if sc.restore.fork {
+		keys, err := s.reidentify(ctx, c, v, sc.restore.sn)
+		if err != nil {
+			return err
+		}
+		op.log.Info("restored guest given its identity", "agent_connect_ms", connected.Sub(began).Milliseconds(), "identity_ms", time.Since(connected).Milliseconds())
+		detail = fmt.Sprintf("%s; hostname %s, %s, host key %s pinned", detail, v.Name, v.GuestIP, ssh.FingerprintSHA256(keys[0]))
 	}
 	op.Note(StepGuestResume, detail)
 	return nil
