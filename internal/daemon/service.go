@@ -215,10 +215,11 @@ func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
 	return s.resolveVM(ctx, ref)
 }
 
-// ListVMs returns every VM.
-func (s *Service) ListVMs(ctx context.Context) ([]*model.VM, error) {
-	vms, err := s.store.ListVMs(ctx)
-	return visibleVMs(ctx, vms), err
+// ListVMs returns every VM the caller may see, with the listed fields only
+// (one narrow query; ShowVM has the rest).
+func (s *Service) ListVMs(ctx context.Context) ([]model.VMSummary, error) {
+	vms, err := s.store.ListVMSummaries(ctx)
+	return slices.DeleteFunc(vms, func(v model.VMSummary) bool { return !mayAccess(ctx, v.OwnerUID) }), err
 }
 
 // Operations returns a VM's journal, newest first.

@@ -108,22 +108,11 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ims, err := s.svc.ListImages(r.Context())
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	names := make(map[string]string, len(ims))
-	for _, im := range ims {
-		names[im.ID] = im.Name
-	}
-	out := make([]api.VM, 0, len(vms))
-	for _, v := range vms {
-		vm := toVM(v)
-		vm.Image = names[v.ImageID]
-		vm.VMMReason = "" // the same sentence for most VMs: on show only
-		vm.DiskReason = ""
-		out = append(out, vm)
+	out := make([]api.VMSummary, len(vms))
+	for i, v := range vms {
+		out[i] = api.VMSummary{ID: v.ID, Name: v.Name, ImageID: v.ImageID, Image: v.Image, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+			DiskBytes: v.DiskBytes, VMM: v.VMM, State: string(v.State), GuestIP: v.GuestIP, Runtime: api.SummaryRuntime{PID: v.PID},
+			OwnerUID: v.OwnerUID, CreatedAt: v.CreatedAt}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
