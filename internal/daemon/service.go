@@ -105,6 +105,8 @@ type Service struct {
 	disk diskState
 	// exits: VMM exit statuses for their watchers (watch.go).
 	exits *exitBook
+	// started: Begin's recovery, which WaitStarted waits for (begin.go).
+	started atomic.Pointer[startGate]
 }
 
 // New wires a service onto an open store. It does not touch VMs: call

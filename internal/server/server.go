@@ -52,7 +52,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no API route %s %s (hint: client and daemon versions may differ)", r.Method, r.URL.Path))
 	})
-	return checkAPIVersion(mux)
+	return checkAPIVersion(waitForStartup(svc, mux))
 }
 
 // StatusOf maps an error class to an HTTP status.
