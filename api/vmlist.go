@@ -1,25 +1,20 @@
 package api
 
-import "time"
-
-// VMSummary is a VM as `vm list` (GET /v1/vms) returns it: the listed
-// fields only. `vm show` returns the whole VM. Its JSON field names are
-// those of VM, so a list entry decodes into a VM too (the other fields
-// left empty).
+// VMSummary is a VM as `vm list` (GET /v1/vms) returns it: the fields the
+// list shows, no more (`vm show` returns the whole VM). Its JSON names are
+// those of VM's fields, so a list entry decodes into a VM too (the other
+// fields left empty).
 type VMSummary struct {
 	ID        string         `json:"id"`
 	Name      string         `json:"name"`
-	ImageID   string         `json:"image_id"`
-	Image     string         `json:"image"` // image name
+	State     string         `json:"state"`
+	VMM       string         `json:"vmm"`
 	VCPUs     int            `json:"vcpus"`
 	MemoryMiB int            `json:"memory_mib"`
-	DiskBytes int64          `json:"disk_bytes"`
-	VMM       string         `json:"vmm"`
-	State     string         `json:"state"`
 	GuestIP   string         `json:"guest_ip,omitempty"`
+	Image     string         `json:"image"` // image name
 	Runtime   SummaryRuntime `json:"runtime"`
 	OwnerUID  int            `json:"owner_uid"`
-	CreatedAt time.Time      `json:"created_at"`
 }
 
 // SummaryRuntime is the part of Runtime a list shows: the VMM's pid (0: none).

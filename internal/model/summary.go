@@ -1,23 +1,18 @@
 package model
 
-import "time"
-
 // VMSummary is a VM as `vm list` shows it: the listed fields only, read by
 // one narrow query (no runtime detail, host key, paths or policy).
 type VMSummary struct {
 	ID        string
 	Name      string
-	ImageID   string
-	Image     string // image name; empty if the image is gone
+	State     VMState
+	VMM       string
 	VCPUs     int
 	MemoryMiB int
-	DiskBytes int64
-	VMM       string
-	State     VMState
 	GuestIP   string
+	Image     string // image name; empty if the image is gone
 	PID       int
 	OwnerUID  int
-	CreatedAt time.Time
 }
 
 // VMRef is what tells a VM's leftovers from an orphan's: its id, name,

@@ -110,9 +110,8 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.VMSummary, len(vms))
 	for i, v := range vms {
-		out[i] = api.VMSummary{ID: v.ID, Name: v.Name, ImageID: v.ImageID, Image: v.Image, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
-			DiskBytes: v.DiskBytes, VMM: v.VMM, State: string(v.State), GuestIP: v.GuestIP, Runtime: api.SummaryRuntime{PID: v.PID},
-			OwnerUID: v.OwnerUID, CreatedAt: v.CreatedAt}
+		out[i] = api.VMSummary{ID: v.ID, Name: v.Name, State: string(v.State), VMM: v.VMM, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+			GuestIP: v.GuestIP, Image: v.Image, Runtime: api.SummaryRuntime{PID: v.PID}, OwnerUID: v.OwnerUID}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

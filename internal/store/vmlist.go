@@ -10,8 +10,8 @@ import (
 // ListVMSummaries returns every VM's listed fields with its image's name,
 // oldest first: one query that reads only the columns `vm list` shows.
 func (t *Tx) ListVMSummaries(ctx context.Context) ([]model.VMSummary, error) {
-	rows, err := t.tx.QueryContext(ctx, `SELECT v.id, v.name, v.image_id, coalesce(i.name, ''), v.vcpus, v.memory_mib,
-		v.disk_bytes, v.vmm, v.state, coalesce(v.guest_ip, ''), v.pid, v.owner_uid, v.created_at
+	rows, err := t.tx.QueryContext(ctx, `SELECT v.id, v.name, v.state, v.vmm, v.vcpus, v.memory_mib, coalesce(v.guest_ip, ''),
+		coalesce(i.name, ''), v.pid, v.owner_uid
 		FROM vms v LEFT JOIN images i ON i.id = v.image_id ORDER BY v.created_at, v.id`)
 	if err != nil {
 		return nil, err
@@ -20,15 +20,13 @@ func (t *Tx) ListVMSummaries(ctx context.Context) ([]model.VMSummary, error) {
 	var out []model.VMSummary
 	for rows.Next() {
 		var (
-			v       model.VMSummary
-			state   string
-			created int64
+			v     model.VMSummary
+			state string
 		)
-		if err := rows.Scan(&v.ID, &v.Name, &v.ImageID, &v.Image, &v.VCPUs, &v.MemoryMiB, &v.DiskBytes, &v.VMM,
-			&state, &v.GuestIP, &v.PID, &v.OwnerUID, &created); err != nil {
+		if err := rows.Scan(&v.ID, &v.Name, &state, &v.VMM, &v.VCPUs, &v.MemoryMiB, &v.GuestIP, &v.Image, &v.PID, &v.OwnerUID); err != nil {
 			return nil, err
 		}
-		v.State, v.CreatedAt = model.VMState(state), fromNanos(created)
+		v.State = model.VMState(state)
 		out = append(out, v)
 	}
 	return out, rows.Err()
