@@ -230,7 +230,10 @@ serving:
 		log.Warn("could not remove the control socket", "error", rerr)
 	}
 	if recovered != nil {
-		<-recovered // a recovery still running ends before the store closes
+		// A recovery still running ends before the store closes.
+		if rerr := <-recovered; rerr != nil {
+			log.Warn("start-up recovery cut short by the daemon's stop", "error", rerr)
+		}
 	}
 	if exitErr != nil {
 		return exitErr

@@ -221,7 +221,7 @@ func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
 // (one narrow query; ShowVM has the rest).
 func (s *Service) ListVMs(ctx context.Context) ([]model.VMSummary, error) {
 	vms, err := s.store.ListVMSummaries(ctx)
-	return slices.DeleteFunc(vms, func(v model.VMSummary) bool { return !mayAccess(ctx, v.OwnerUID) }), err
+	return visibleVMs(ctx, vms), err
 }
 
 // Operations returns a VM's journal, newest first.
