@@ -125,8 +125,10 @@ func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 	return out, c.do(ctx, http.MethodPost, "/vms", req, &out)
 }
 
-func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
-	var out []api.VM
+// ListVMs returns every VM the caller may see, with the listed fields
+// (GetVM has the rest).
+func (c *Client) ListVMs(ctx context.Context) ([]api.VMSummary, error) {
+	var out []api.VMSummary
 	return out, c.do(ctx, http.MethodGet, "/vms", nil, &out)
 }
 

@@ -68,11 +68,18 @@ cp "$db" "$work/seed.db"
 
 for n in $SIZES; do
 	cp "$work/seed.db" "$db"
+	# Every column is copied from vm-0 but those that differ per VM; the
+	# column list is read from the schema, so columns added later are copied.
+	cols=$(sqlite3 "$db" "SELECT group_concat(CASE name
+		WHEN 'id' THEN printf('printf(''%%s-%%05d'', v.id, k.i)')
+		WHEN 'name' THEN '''vm-'' || k.i'
+		WHEN 'guest_ip' THEN 'NULL'
+		WHEN 'vm_dir' THEN 'v.vm_dir || ''-'' || k.i'
+		WHEN 'log_path' THEN 'v.log_path || ''-'' || k.i'
+		WHEN 'created_at' THEN 'v.created_at + k.i'
+		ELSE 'v.' || name END, ', ') FROM pragma_table_info('vms')")
 	sqlite3 "$db" "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < $n - 1)
-		INSERT INTO vms SELECT printf('%s-%05d', v.id, k.i), 'vm-' || k.i, image_id, vcpus, memory_mib, disk_bytes, vmm,
-			vmm_reason, state, NULL, vm_dir || '-' || k.i, log_path || '-' || k.i, last_error, ports, host_key, pid,
-			pid_start_time, control_socket, vsock_path, vsock_cid, tap, dm_name, accel, started_at, created_at + k.i, updated_at
-		FROM vms v, k WHERE v.name = 'vm-0';"
+		INSERT INTO vms SELECT $cols FROM vms v, k WHERE v.name = 'vm-0';"
 	[ "$(sqlite3 "$db" 'select count(*) from vms')" = "$n" ]
 	python3 - "$n" "$ROUNDS" "$work" "$db" <<'PY'
 import os, resource, socket, statistics, subprocess, sys, time

@@ -179,36 +179,46 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	if err != nil {
 		return err
 	}
-	for _, d := range svc.Drivers(ctx) {
-		log.Info("vmm driver", "kind", d.Kind, "available", d.Available, "reason", d.Reason, "version", d.Version)
-	}
-	if kind, reason, err := svc.ChooseVMM(ctx, ""); err != nil {
-		log.Warn("no vmm can run new vms on this host", "error", err)
-	} else {
-		log.Info("default vmm", "kind", kind, "reason", reason)
-	}
 	// Take the socket before touching the host: a second daemon aimed at
 	// this runtime dir is refused before it changes anything.
 	ln, err := server.Listen(l.ControlSocket(), gid)
 	if err != nil {
 		return err
 	}
-	if err := svc.Startup(ctx); err != nil {
+	if err := svc.PrepareHost(ctx); err != nil {
 		ln.Close()
 		return err
 	}
+	// Serve at once; the drivers' probes and the recovery (reconcile,
+	// interrupted operations, orphans) run in the background, and requests
+	// that need recovered records wait for it (daemon.Service.Begin).
+	recovered := svc.Begin(ctx)
 	// Requests run on the daemon's context: SIGTERM cancels them (a build
 	// stops and cleans up, a start rolls back; stop, kill and delete are
 	// detached and finish) before the store closes.
 	srv := server.NewHTTPServer(ctx, server.Handler(svc, log), log, server.DefaultLimits)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("daemon ready", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
+	log.Info("daemon serving", "socket", l.ControlSocket(), "state_dir", l.StateDir, "pid", os.Getpid())
 
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	var exitErr error
+serving:
+	for {
+		select {
+		case exitErr = <-errc:
+			break serving
+		case err := <-recovered:
+			recovered = nil
+			if err != nil {
+				// As before serving: a daemon that cannot recover does not run.
+				log.Error("daemon start-up failed", "error", err)
+				exitErr = err
+				break serving
+			}
+			log.Info("daemon ready", "socket", l.ControlSocket())
+		case <-ctx.Done():
+			break serving
+		}
 	}
 	// VMs keep running: they are re-adopted by the next daemon.
 	log.Info("daemon stopping; vms keep running")
@@ -218,6 +228,15 @@ func runDaemon(ctx context.Context, g *globals, o daemonOptions) error {
 	err = srv.Shutdown(sctx)
 	if rerr := os.Remove(l.ControlSocket()); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		log.Warn("could not remove the control socket", "error", rerr)
+	}
+	if recovered != nil {
+		// A recovery still running ends before the store closes.
+		if rerr := <-recovered; rerr != nil {
+			log.Warn("start-up recovery cut short by the daemon's stop", "error", rerr)
+		}
+	}
+	if exitErr != nil {
+		return exitErr
 	}
 	return err
 }

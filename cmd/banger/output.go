@@ -59,12 +59,21 @@ func dash(s string) string {
 	return s
 }
 
-func renderVMs(w io.Writer, format string, vms []api.VM) error {
+func renderVMs(w io.Writer, format string, vms []api.VMSummary) error {
 	if format == "json" {
 		return writeJSON(w, vms)
 	}
 	t := table(w)
 	fmt.Fprintln(t, "NAME\tID\tSTATE\tVMM\tVCPUS\tMEMORY\tIP\tIMAGE\tPID\tOWNER")
+	owners := map[int]string{} // one user lookup per owner, not per row
+	ownerName := func(uid int) string {
+		n, ok := owners[uid]
+		if !ok {
+			n = ownerName(uid)
+			owners[uid] = n
+		}
+		return n
+	}
 	for _, v := range vms {
 		pid := "-"
 		if v.Runtime.PID != 0 {

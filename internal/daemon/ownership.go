@@ -74,8 +74,8 @@ func checkImageAccess(ctx context.Context, im *model.Image, use bool) error {
 }
 
 // visibleVMs keeps the VMs the caller may see.
-func visibleVMs(ctx context.Context, vms []*model.VM) []*model.VM {
-	return slices.DeleteFunc(vms, func(v *model.VM) bool { return !mayAccess(ctx, v.OwnerUID) })
+func visibleVMs(ctx context.Context, vms []model.VMSummary) []model.VMSummary {
+	return slices.DeleteFunc(vms, func(v model.VMSummary) bool { return !mayAccess(ctx, v.OwnerUID) })
 }
 
 // visibleImages keeps the images the caller may see: its own and root's.

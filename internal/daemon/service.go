@@ -105,6 +105,8 @@ type Service struct {
 	disk diskState
 	// exits: VMM exit statuses for their watchers (watch.go).
 	exits *exitBook
+	// started: Begin's recovery, which WaitStarted waits for (begin.go).
+	started atomic.Pointer[startGate]
 }
 
 // New wires a service onto an open store. It does not touch VMs: call
@@ -215,9 +217,10 @@ func (s *Service) GetVM(ctx context.Context, ref string) (*model.VM, error) {
 	return s.resolveVM(ctx, ref)
 }
 
-// ListVMs returns every VM.
-func (s *Service) ListVMs(ctx context.Context) ([]*model.VM, error) {
-	vms, err := s.store.ListVMs(ctx)
+// ListVMs returns every VM the caller may see, with the listed fields only
+// (one narrow query; ShowVM has the rest).
+func (s *Service) ListVMs(ctx context.Context) ([]model.VMSummary, error) {
+	vms, err := s.store.ListVMSummaries(ctx)
 	return visibleVMs(ctx, vms), err
 }
 

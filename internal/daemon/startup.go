@@ -12,15 +12,35 @@ import (
 	"github.com/banger-vm/banger/internal/model"
 )
 
-// Startup prepares the host and the records before the daemon serves: the
-// host network, reconciliation of every VM with its process, removal of
-// taps no VM owns and of temporary files an interrupted daemon left.
+// Startup is PrepareHost then Recover, in the caller: what a daemon has
+// done before it serves VM requests. The daemon itself calls PrepareHost,
+// serves, and recovers in the background (Begin).
 func (s *Service) Startup(ctx context.Context) error {
+	if err := s.PrepareHost(ctx); err != nil {
+		return err
+	}
+	return s.Recover(ctx)
+}
+
+// PrepareHost sets up the host network. A daemon that cannot is refused
+// before it serves.
+func (s *Service) PrepareHost(ctx context.Context) error {
 	if s.cfg.Network != nil {
 		if err := s.cfg.Network.EnsureHost(ctx); err != nil {
 			return fmt.Errorf("set up the host network: %w", err)
 		}
 	}
+	return nil
+}
+
+// Recover brings the records and the host in line after a daemon start:
+// temporary files of interrupted imports and builds removed, storage
+// objects no VM owns removed, every VM that claims a runtime reconciled
+// with its process (operations a crash cut short closed as interrupted),
+// leftovers of deleted VMs and snapshots removed, published ports, network
+// rules and taps no running VM owns removed. Stopped VMs are read only by
+// narrow queries (ids, names, IPs, dirs).
+func (s *Service) Recover(ctx context.Context) error {
 	s.removeTemporaries()
 	s.sealImages(ctx)
 	s.log.Info("disk strategies", "host", s.diskHost(ctx), "default", s.cfg.DiskStrategy)
@@ -37,7 +57,9 @@ func (s *Service) Startup(ctx context.Context) error {
 		s.log.Warn("could not remove leftovers of unfinished snapshots", "error", err)
 	}
 	if s.cfg.Network != nil {
-		vms, err := s.store.ListVMs(ctx)
+		// Only a VM that claims a runtime holds a tap or rules (a stopped
+		// one's runtime is cleared by its teardown).
+		vms, err := s.store.ListVMsClaimingRuntime(ctx)
 		if err != nil {
 			return err
 		}
@@ -64,17 +86,21 @@ func (s *Service) Startup(ctx context.Context) error {
 }
 
 // removeOrphans removes what a delete that failed half-way left of a VM
-// whose record is gone: its directory and its host-key pins.
+// whose record is gone: its directory and its host-key pins. It reads
+// each record's id, name, guest IP and dir only.
 func (s *Service) removeOrphans(ctx context.Context) error {
-	vms, err := s.store.ListVMs(ctx)
+	refs, err := s.store.ListVMRefs(ctx)
 	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
-	for _, v := range vms {
-		known[v.ID], known[v.Name] = true, true
-		if v.GuestIP != "" {
-			known[v.GuestIP] = true
+	known := make(map[string]bool, 3*len(refs))
+	for _, r := range refs {
+		known[r.ID], known[r.Name] = true, true
+		if r.GuestIP != "" {
+			known[r.GuestIP] = true
+		}
+		if r.VMDir != "" && filepath.Dir(r.VMDir) == s.layout.VMsDir() {
+			known[filepath.Base(r.VMDir)] = true // a dir the record names is never an orphan's
 		}
 	}
 	entries, err := os.ReadDir(s.layout.VMsDir())

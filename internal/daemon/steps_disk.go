@@ -269,13 +269,13 @@ func (s *Service) sealImages(ctx context.Context) {
 // in flight; the devices of owned VMs are left for reconcile (Attach is
 // idempotent).
 func (s *Service) removeDiskOrphans(ctx context.Context) error {
-	vms, err := s.store.ListVMs(ctx)
+	refs, err := s.store.ListVMRefs(ctx)
 	if err != nil {
 		return err
 	}
-	owned := make([]string, 0, len(vms))
-	for _, v := range vms {
-		owned = append(owned, v.ID)
+	owned := make([]string, 0, len(refs))
+	for _, r := range refs {
+		owned = append(owned, r.ID)
 	}
 	o := s.storageOptions()
 	orphans, err := storage.FindOrphans(ctx, o, storage.Scope{VMsDir: s.layout.VMsDir(), ImagesDir: s.layout.ImagesDir(), CacheDir: o.CacheDir}, owned)

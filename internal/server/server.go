@@ -53,7 +53,7 @@ func Handler(svc *daemon.Service, log *slog.Logger) http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.NotFound("no API route %s %s (hint: client and daemon versions may differ)", r.Method, r.URL.Path))
 	})
-	return checkAPIVersion(mux)
+	return checkAPIVersion(waitForStartup(svc, mux))
 }
 
 // StatusOf maps an error class to an HTTP status.
@@ -109,22 +109,10 @@ func (s *server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ims, err := s.svc.ListImages(r.Context())
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	names := make(map[string]string, len(ims))
-	for _, im := range ims {
-		names[im.ID] = im.Name
-	}
-	out := make([]api.VM, 0, len(vms))
-	for _, v := range vms {
-		vm := toVM(v)
-		vm.Image = names[v.ImageID]
-		vm.VMMReason = "" // the same sentence for most VMs: on show only
-		vm.DiskReason = ""
-		out = append(out, vm)
+	out := make([]api.VMSummary, len(vms))
+	for i, v := range vms {
+		out[i] = api.VMSummary{ID: v.ID, Name: v.Name, State: string(v.State), VMM: v.VMM, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+			GuestIP: v.GuestIP, Image: v.Image, Runtime: api.SummaryRuntime{PID: v.PID}, OwnerUID: v.OwnerUID}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

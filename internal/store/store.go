@@ -197,6 +197,15 @@ var migrations = []string{
 }
 
 func (s *Store) migrate(ctx context.Context) error {
+	// A current schema (every start but the first after an upgrade) is
+	// read, not written: no write transaction, no WAL frame, no sync.
+	var current int
+	if err := s.db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&current); err != nil {
+		return err
+	}
+	if current == len(migrations) {
+		return nil
+	}
 	return s.Transaction(ctx, func(tx *Tx) error {
 		var v int
 		if err := tx.tx.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
