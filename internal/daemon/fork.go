@@ -461,40 +461,14 @@ func (s *Service) waitBooted(ctx context.Context, v *model.VM) error {
 	return nil
 }
 
-// buildForkCreateSteps is vm.create of a fork: the steps of any create,
-// with the disk cloned from the snapshot's, the config disk without host
-// keys, and the origin recorded, pending.
-func (s *Service) buildForkCreateSteps(op *operation, cc *createCtx) []Step {
-	v := cc.v
-	return []Step{
-		{Name: StepRecord,
-			Do: func(ctx context.Context) error {
-				unlock, err := s.insertNewVM(ctx, v)
-				if err != nil {
-					return err
-				}
-				cc.unlock = unlock
-				op.open(ctx)
-				return nil
-			},
-			Undo: func(ctx context.Context) error { return s.store.DeleteVM(ctx, v.ID) }},
-		{Name: StepVMMValidate, Do: func(ctx context.Context) error { return s.validateForDriver(ctx, v, cc.img) }},
-		{Name: StepDiskCreate,
-			Do:     func(ctx context.Context) error { return s.cloneSnapshotDisk(ctx, v, cc.from) },
-			Detail: func() string { return diskCreateDetail(v) },
-			Undo:   func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
-		{Name: StepGuestIdentity, Do: func(ctx context.Context) error { return s.forkCreateIdentity(ctx, v, op) }},
-		{Name: StepOriginRecord,
-			Do: func(ctx context.Context) error {
-				return s.store.InsertOrigin(ctx, &model.Origin{VMID: v.ID, SnapshotID: cc.from.ID, SnapshotName: cc.from.Name, Warm: cc.warm, Pending: true})
-			},
-			Detail: func() string { return fmt.Sprintf("snapshot %q (%s), warm %v", cc.from.Name, cc.from.ID, cc.warm) }},
-		// The origin row goes with the VM's record (ON DELETE CASCADE).
-		{Name: StepRecordStopped, Do: func(ctx context.Context) error {
-			v.State = model.StateStopped
-			return s.store.UpdateVM(ctx, v)
-		}},
-	}
+// originStep is a fork's vm.origin: the snapshot it comes from, pending
+// until its first start has restored it.
+func (s *Service) originStep(cc *createCtx) Step {
+	return Step{Name: StepOriginRecord,
+		Do: func(ctx context.Context) error {
+			return s.store.InsertOrigin(ctx, &model.Origin{VMID: cc.v.ID, SnapshotID: cc.from.ID, SnapshotName: cc.from.Name, Warm: cc.warm, Pending: true})
+		},
+		Detail: func() string { return fmt.Sprintf("snapshot %q (%s), warm %v", cc.from.Name, cc.from.ID, cc.warm) }}
 }
 
 // warmSnapshotFor is the warm snapshot a create of v (as newVM made it

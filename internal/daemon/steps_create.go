@@ -31,13 +31,18 @@ type createCtx struct {
 
 // buildCreateSteps is vm.create, in order; a failure undoes the steps done,
 // in reverse, and reconcile discards a create a crash cut short with the
-// same undos (UndoSteps).
+// same undos (UndoSteps). A fork (cc.from) clones its snapshot's disk,
+// writes its config disk without host keys (the agent makes them at its
+// first start) and records its origin.
 func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 	v := cc.v
+	disk := func(ctx context.Context) error { return s.createDisk(ctx, v, cc.img) }
+	ident := func(ctx context.Context) error { return s.applyIdentity(ctx, v, op) }
 	if cc.from != nil {
-		return s.buildForkCreateSteps(op, cc)
+		disk = func(ctx context.Context) error { return s.cloneSnapshotDisk(ctx, v, cc.from) }
+		ident = func(ctx context.Context) error { return s.forkCreateIdentity(ctx, v, op) }
 	}
-	return []Step{
+	steps := []Step{
 		{Name: StepRecord,
 			Do: func(ctx context.Context) error {
 				unlock, err := s.insertNewVM(ctx, v)
@@ -52,17 +57,21 @@ func (s *Service) buildCreateSteps(op *operation, cc *createCtx) []Step {
 		// The driver's checks need the VM's derived names and address.
 		{Name: StepVMMValidate, Do: func(ctx context.Context) error { return s.validateForDriver(ctx, v, cc.img) }},
 		{Name: StepDiskCreate,
-			Do:     func(ctx context.Context) error { return s.createDisk(ctx, v, cc.img) },
+			Do:     disk,
 			Detail: func() string { return diskCreateDetail(v) },
 			Undo:   func(context.Context) error { return removeAllIn(s.layout.VMsDir(), v.VMDir) }},
 		{Name: StepGuestIdentity,
-			Do:   func(ctx context.Context) error { return s.applyIdentity(ctx, v, op) },
+			Do:   ident,
 			Undo: func(context.Context) error { return identity.RemovePins(s.layout.KnownHosts(), v.GuestIP, v.Name) }},
-		{Name: StepRecordStopped, Do: func(ctx context.Context) error {
-			v.State = model.StateStopped
-			return s.store.UpdateVM(ctx, v)
-		}},
 	}
+	if cc.from != nil {
+		// The origin row goes with the VM's record (ON DELETE CASCADE).
+		steps = append(steps, s.originStep(cc))
+	}
+	return append(steps, Step{Name: StepRecordStopped, Do: func(ctx context.Context) error {
+		v.State = model.StateStopped
+		return s.store.UpdateVM(ctx, v)
+	}})
 }
 
 // CreateVM validates req, records the VM, makes its writable root disk and

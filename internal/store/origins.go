@@ -53,20 +53,7 @@ func (t *Tx) SetOriginDone(ctx context.Context, vmID string) error {
 // VMsPendingRestore names the VMs whose first start is still to restore
 // snapshot id.
 func (t *Tx) VMsPendingRestore(ctx context.Context, snapshotID string) ([]string, error) {
-	rows, err := t.tx.QueryContext(ctx, `SELECT v.name FROM vm_origins o JOIN vms v ON v.id = o.vm_id WHERE o.snapshot_id = ? AND o.pending = 1 ORDER BY v.name`, snapshotID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return t.queryStrings(ctx, `SELECT v.name FROM vm_origins o JOIN vms v ON v.id = o.vm_id WHERE o.snapshot_id = ? AND o.pending = 1 ORDER BY v.name`, snapshotID)
 }
 
 func (s *Store) InsertOrigin(ctx context.Context, o *model.Origin) error {

@@ -217,7 +217,12 @@ func (t *Tx) VMsUsingImage(ctx context.Context, imageID string) ([]*model.VM, er
 
 // VMNamesUsingImage returns the names of the VMs made from image id.
 func (t *Tx) VMNamesUsingImage(ctx context.Context, imageID string) ([]string, error) {
-	rows, err := t.tx.QueryContext(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+	return t.queryStrings(ctx, `SELECT name FROM vms WHERE image_id = ? ORDER BY name`, imageID)
+}
+
+// queryStrings runs q, whose rows are one text column, and returns them.
+func (t *Tx) queryStrings(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := t.tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
