@@ -111,6 +111,7 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 		if err != nil {
 			return err
 		}
+		macAt := time.Now()
 		if err := netlink.LinkSetDown(link); err != nil {
 			return fmt.Errorf("%s down: %w", link.Attrs().Name, err)
 		}
@@ -125,7 +126,9 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
 		}
+		waited := time.Now()
 		h.waitNetworkdLetGo(link.Attrs().Index)
+		h.Logger.Info("identity: new mac set; systemd-networkd let go of the link", "mac_ms", waited.Sub(macAt).Milliseconds(), "networkd_ms", time.Since(waited).Milliseconds())
 	}
 	// networkd's removals may still be in flight: the address and route
 	// are checked a moment after they are given, and given again if gone.
@@ -133,8 +136,8 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 		if err := assignAddress(link, n); err != nil {
 			return err
 		}
-		time.Sleep(50 * time.Millisecond)
-		if ok, err := hasAddress(link, n); err != nil || ok || attempt == 3 {
+		time.Sleep(15 * time.Millisecond)
+		if ok, err := hasAddress(link, n); err != nil || ok || attempt == 5 {
 			if err == nil && !ok {
 				err = fmt.Errorf("%s: address %s or its default route was removed as soon as it was given", link.Attrs().Name, n.Address)
 			}
@@ -408,7 +411,7 @@ func (h HostSystem) waitNetworkdLetGo(ifindex int) {
 			h.Logger.Warn("systemd-networkd still manages the link after its mac changed", "ifindex", ifindex)
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
