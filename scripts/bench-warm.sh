@@ -3,8 +3,9 @@
 # run booting the image cold (--cold), alternating in one script, ROUNDS
 # rounds; then `vm fork` of a running VM until its guest answers through
 # the agent and its sshd over the network with the new pin, `vm exec --
-# true` through the agent against SSH over the network, and pause and
-# resume latency. Prints each measure and the medians (for
+# true` through the agent against SSH over the network, a cold `vm start
+# --wait` (the agent's ready) against SSH's first answer in the same boot,
+# and pause and resume latency. Prints each measure and the medians (for
 # docs/benchmarks.md). Needs root.
 #
 #   sudo scripts/bench-warm.sh [ROUNDS] [MEMORY]      (default 5 rounds, 512M)
@@ -99,6 +100,19 @@ for i in $(seq "$rounds"); do
 	t0=$(now); "${b[@]}" vm ssh --network src -- true; ms "$t0" >>"$work/ssh"
 done
 echo "vm exec -- true: agent $(median <"$work/agent") ms, ssh over the network $(median <"$work/ssh") ms (medians)"
+
+# vm start --wait of a cold VM: when the agent answers ready, against when
+# SSH over the network first answers (polled), in the same boots.
+for i in $(seq "$rounds"); do
+	"${b[@]}" vm create "c$i" --memory "$memory" --cold >/dev/null
+	t0=$(now)
+	"${b[@]}" vm start --wait "c$i" >/dev/null
+	a=$(ms "$t0")
+	until "${b[@]}" vm ssh --network "c$i" -- true 2>/dev/null; do sleep 0.2; done
+	s=$(ms "$t0")
+	echo "cold vm start: ready through the agent after $a ms, ssh over the network answers after $s ms"
+	"${b[@]}" vm delete "c$i" >/dev/null
+done
 
 # Pause and resume.
 for i in $(seq "$rounds"); do

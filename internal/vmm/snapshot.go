@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/banger-vm/banger/errdefs"
@@ -94,17 +96,54 @@ func NewSnapshotMeta(driver, machine string, spec Spec, vsock bool) (SnapshotMet
 	return m, nil
 }
 
+// fileSHA256 is the sha256 of the file at path. Kernels and initrds are
+// hashed at every save and restore, on a restore's critical path, and an
+// image's files do not change (they are read-only): a hash is remembered
+// for the file's identity (device, inode, size, change time) and read again
+// only when that changes.
 func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("hash %q: %w", path, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("hash %q: %w", path, err)
+	}
+	key, cacheable := hashKeyOf(path, fi)
+	if cacheable {
+		if sum, ok := hashCache.Load(key); ok {
+			return sum.(string), nil
+		}
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("hash %q: %w", path, err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sum := hex.EncodeToString(h.Sum(nil))
+	if cacheable {
+		hashCache.Store(key, sum)
+	}
+	return sum, nil
+}
+
+// hashCache maps a hashKey to a file's sha256.
+var hashCache sync.Map
+
+type hashKey struct {
+	path       string
+	dev, ino   uint64
+	size       int64
+	ctimeNanos int64
+}
+
+func hashKeyOf(path string, fi os.FileInfo) (hashKey, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return hashKey{}, false
+	}
+	return hashKey{path: path, dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), ctimeNanos: st.Ctim.Nano()}, true //nolint:unconvert // Dev's type differs by platform
 }
 
 // CheckRestore refuses to restore snapshot meta into a VM whose meta (as

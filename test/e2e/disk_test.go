@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -139,8 +140,52 @@ func TestDiskStrategies(t *testing.T) {
 		d.must("vm", "delete", a)
 		d.must("vm", "delete", b)
 	}
+	// A disk larger than the image (issue 11): through the daemon, a qcow2
+	// VM gets a root filesystem of that size, and the guest boots on it.
+	if vmmKind() == "qemu" {
+		const size = 256 << 20
+		g := d.createVM("grown", "--disk-strategy", "qcow2", "--disk-size", "256M")
+		if g.DiskBytes != size {
+			t.Fatalf("grown: disk %d bytes, want %d", g.DiskBytes, size)
+		}
+		if got := ext4Bytes(t, filepath.Join(g.VMDir, diskFile(g))); got != size {
+			t.Fatalf("grown: the root filesystem holds %d bytes, want %d", got, size)
+		}
+		d.must("vm", "start", "grown")
+		d.waitLog("grown", testimage.BootLine(1), 1, bootTimeout)
+		d.must("vm", "delete", "grown")
+	}
 	if after := fileSHA256(t, im.RootfsPath); after != before {
 		t.Fatalf("the image's root changed: sha256 %s, was %s", after, before)
 	}
 	d.must("image", "delete", "default")
+}
+
+// ext4Bytes is the size of the ext4 filesystem on a disk of any format
+// qemu-img reads (its chain of backing files included): block count times
+// block size, as dumpe2fs reads them from a raw copy.
+func ext4Bytes(t *testing.T, disk string) int64 {
+	t.Helper()
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", disk, raw).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, out)
+	}
+	out, err := exec.Command("dumpe2fs", "-h", raw).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs: %v\n%s", err, out)
+	}
+	var count, bs int64
+	for _, l := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "Block count":
+			count, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		case "Block size":
+			bs, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return count * bs
 }
