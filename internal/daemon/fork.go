@@ -336,7 +336,8 @@ func (s *Service) pendingRestore(ctx context.Context, v *model.VM) (*restorePlan
 }
 
 // ForkVM snapshots a running (or paused) VM and starts a new VM, name,
-// from that instant with its own identity. The snapshot is kept under
+// from that instant with its own identity and its source's network policy
+// (published ports are not copied: a host port has one owner). The snapshot is kept under
 // req.Snapshot if given; otherwise it is deleted once the fork runs.
 func (s *Service) ForkVM(ctx context.Context, ref string, req api.ForkVMRequest) (*model.VM, error) {
 	if err := ValidateName("vm", req.Name); err != nil {
@@ -360,7 +361,10 @@ func (s *Service) ForkVM(ctx context.Context, ref string, req api.ForkVMRequest)
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: req.Name, From: sn.ID, Start: true})
+	// The fork is on the same networks, with the same policy, as its source.
+	np := src.NetPolicy
+	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: req.Name, From: sn.ID, Start: true,
+		Network: api.NetworkPolicy{Egress: np.Egress, Allow: np.Allow, Deny: np.Deny, Networks: np.Networks}})
 	if req.Snapshot == "" {
 		// The fork's disk is its own copy: the snapshot is not needed once
 		// it runs, or if no fork was made. A fork made but not started
