@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -403,8 +404,8 @@ func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRe
 	tmpl := fmt.Sprintf("warm-%x", suffix)
 	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: tmpl, Image: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, VMM: req.VMM, Cold: true, Start: true})
 	if err != nil {
-		if v != nil || errors.Is(err, errdefs.ErrAlreadyExists) {
-			s.discardTemplate(ctx, tmpl)
+		if v != nil { // made, then its start failed
+			s.discardTemplate(ctx, v.ID)
 		}
 		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
 	}
@@ -416,7 +417,7 @@ func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRe
 	if err := s.waitBooted(ctx, v); err != nil {
 		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
 	}
-	name := fmt.Sprintf("warm-%s-%s-%dc-%dm-%s", img.Name, v.VMM, v.VCPUs, v.MemoryMiB, time.Now().UTC().Format(snapshotNameTimeFmt))
+	name := defaultName("warm-"+img.Name, fmt.Sprintf("-%s-%dc-%dm-%s", v.VMM, v.VCPUs, v.MemoryMiB, time.Now().UTC().Format(snapshotNameTimeFmt)))
 	sn, err := s.CreateSnapshot(ctx, v.ID, SnapshotOptions{Name: name, Stop: true, Kind: model.SnapshotWarm})
 	if err != nil {
 		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
@@ -491,4 +492,13 @@ func (s *Service) warmSnapshotFor(ctx context.Context, req api.CreateVMRequest, 
 		return nil, nil
 	}
 	return sn, nil
+}
+
+// defaultName is prefix+suffix, with prefix cut short (and of trailing
+// hyphens) so that the whole is a valid name's length.
+func defaultName(prefix, suffix string) string {
+	if over := len(prefix) + len(suffix) - maxNameLen; over > 0 {
+		prefix = strings.TrimRight(prefix[:max(len(prefix)-over, 1)], "-")
+	}
+	return prefix + suffix
 }

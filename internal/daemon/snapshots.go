@@ -83,7 +83,7 @@ func (s *Service) CreateSnapshot(ctx context.Context, ref string, opts SnapshotO
 func (s *Service) snapshotLocked(ctx context.Context, v *model.VM, op *operation, opts SnapshotOptions) (*model.Snapshot, error) {
 	name := opts.Name
 	if name == "" {
-		name = v.Name + "-" + time.Now().UTC().Format(snapshotNameTimeFmt)
+		name = defaultName(v.Name, "-"+time.Now().UTC().Format(snapshotNameTimeFmt))
 	}
 	if err := ValidateName("snapshot", name); err != nil {
 		return nil, err

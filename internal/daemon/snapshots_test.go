@@ -441,3 +441,23 @@ func TestForkRefusals(t *testing.T) {
 		t.Fatalf("a refused fork left something: %d vms (was %d), %d dirs (was %d), %d snapshots", len(after), len(before), len(entriesAfter), len(entries), len(sns))
 	}
 }
+
+// TestDefaultNameFits: a default snapshot name made from a VM's or an
+// image's name of the longest length is still a valid name.
+func TestDefaultNameFits(t *testing.T) {
+	long := strings.Repeat("a", maxNameLen-2) + "-b"
+	for _, c := range []struct{ prefix, suffix string }{
+		{long, "-20261129-210000"},
+		{"warm-" + long, "-qemu-2c-512m-20261129-210000"},
+		{"web", "-20261129-210000"},
+		{strings.Repeat("a", maxNameLen-17) + "-", "-20261129-210000"},
+	} {
+		n := defaultName(c.prefix, c.suffix)
+		if err := ValidateName("snapshot", n); err != nil || !strings.HasSuffix(n, c.suffix) {
+			t.Errorf("%q + %q: %q: %v", c.prefix, c.suffix, n, err)
+		}
+	}
+	if n := defaultName("web", "-x"); n != "web-x" {
+		t.Errorf("a short name was changed: %q", n)
+	}
+}
