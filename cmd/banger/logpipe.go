@@ -36,7 +36,8 @@ func newLogPipeCommand() *cobra.Command {
 			if c.ArgsLenAtDash() != 1 || exitFile == "" {
 				return errdefs.InvalidArgument("supervising a vmm takes --exit-file F FILE -- VMM ARGS...")
 			}
-			return vmm.Supervise(vmm.SuperviseConfig{LogPath: args[0], LogCap: limit, ExitFile: exitFile, Path: args[1], Args: args[2:]}, ready)
+			return vmm.Supervise(vmm.SuperviseConfig{LogPath: args[0], LogCap: limit, ExitFile: exitFile, Path: args[1], Args: args[2:],
+				Ack: os.NewFile(vmm.AckFD, "ack")}, ready)
 		},
 	}
 	cmd.Flags().Int64Var(&limit, "cap", 0, "most bytes FILE and FILE.1 may hold together")

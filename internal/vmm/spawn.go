@@ -47,6 +47,11 @@ type SpawnOptions struct {
 	// OnExit, if set, is called once with the exit status when the process
 	// ends while this daemon runs.
 	OnExit func(Exit)
+	// OnStarted, if set, records the new process the moment it exists; an
+	// error kills it. A supervised VMM is not let go on until it returns:
+	// if the daemon dies first, the supervisor kills the VMM that no
+	// record would name.
+	OnStarted func(Process) error
 }
 
 // Spawn starts a VMM process in its own session, so that it outlives the
@@ -107,24 +112,23 @@ func Spawn(path string, args []string, opts SpawnOptions) (Process, error) {
 		// It exited (and may be reaped) before we could read it.
 		return Process{}, fmt.Errorf("%s exited immediately", path)
 	}
-	return Process{PID: pid, StartTime: st.StartTime}, nil
+	p := Process{PID: pid, StartTime: st.StartTime}
+	if opts.OnStarted != nil {
+		if err := opts.OnStarted(p); err != nil {
+			return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), Kill(context.Background(), p))
+		}
+	}
+	return p, nil
 }
 
 // SpawnFor spawns the VMM of spec (see Spawn) and reports it through
 // spec.OnSpawn; if that fails, the process is killed and the error returned.
 func SpawnFor(spec Spec, path string, args []string) (Process, error) {
-	opts := SpawnOptions{LogPath: spec.LogPath, LogCap: spec.LogCap, OnExit: spec.OnExit}
+	opts := SpawnOptions{LogPath: spec.LogPath, LogCap: spec.LogCap, OnExit: spec.OnExit, OnStarted: spec.OnSpawn}
 	if spec.VMDir != "" {
 		opts.ExitFile = ExitFile(spec.VMDir)
 	}
-	p, err := Spawn(path, args, opts)
-	if err != nil || spec.OnSpawn == nil {
-		return p, err
-	}
-	if err := spec.OnSpawn(p); err != nil {
-		return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), Kill(context.Background(), p))
-	}
-	return p, nil
+	return Spawn(path, args, opts)
 }
 
 // KillTimeout bounds how long Kill waits for a SIGKILLed VMM to be gone.

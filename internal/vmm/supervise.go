@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"context"
 	"bufio"
 	"encoding/json"
 	"errors"
@@ -98,7 +99,14 @@ type SuperviseConfig struct {
 	ExitFile string
 	Path     string // the VMM binary
 	Args     []string
+	// Ack, if set, is where the daemon says it has recorded the VMM (one
+	// byte, fd 4). If it closes first (the daemon died, or could not
+	// record the VMM), nobody would ever own the VMM: it is killed.
+	Ack *os.File
 }
+
+// AckFD is the supervisor's descriptor for SuperviseConfig.Ack.
+const AckFD = logcap.ReadyFD + 1
 
 // supervisorReadyTimeout bounds how long spawnSupervised waits for the
 // supervisor to say the VMM runs.
@@ -150,6 +158,18 @@ func Supervise(cfg SuperviseConfig, ready *os.File) error {
 
 	drained := make(chan error, 1)
 	go func() { drained <- logcap.Drain(r, w) }()
+	if cfg.Ack != nil {
+		unix.CloseOnExec(int(cfg.Ack.Fd()))
+		b := make([]byte, 1)
+		if n, _ := cfg.Ack.Read(b); n != 1 {
+			// The daemon is gone (or failed to record the VMM) before it
+			// knew the VMM's pid: no record names it, so nothing would
+			// ever stop it. It ends now.
+			fmt.Fprintf(w, "[banger %s: the daemon did not record this vmm (pid %d): killed]\n", time.Now().UTC().Format(time.RFC3339), pid)
+			_ = cmd.Process.Kill()
+		}
+		cfg.Ack.Close()
+	}
 	_ = cmd.Wait() // the status is in ProcessState
 	e := exitOf(cmd.ProcessState)
 	werr := writeExitFile(cfg.ExitFile, exitRecord{PID: pid, StartTime: st.StartTime, Code: e.Code, Signal: int(e.Signal), At: e.At})
@@ -181,10 +201,17 @@ func spawnSupervised(path string, args []string, opts SpawnOptions) (Process, er
 		return Process{}, fmt.Errorf("supervisor pipe: %w", err)
 	}
 	defer readyW.Close()
+	ackR, ackW, err := os.Pipe()
+	if err != nil {
+		readyR.Close()
+		return Process{}, fmt.Errorf("supervisor pipe: %w", err)
+	}
+	defer ackW.Close() // unwritten: the supervisor kills the vmm
+	defer ackR.Close()
 	sargs := []string{logcap.ForwarderCommand, "--cap", strconv.FormatInt(opts.LogCap, 10), "--exit-file", opts.ExitFile, opts.LogPath, "--", path}
 	cmd := exec.Command("/proc/self/exe", append(sargs, args...)...)
 	cmd.Args[0] = "banger-logpipe" // its name in ps; distinct from the daemon and the CLI
-	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.ExtraFiles = []*os.File{readyW, ackR}
 	cmd.Dir = "/" // pin no directory of the daemon's
 	// One reader, one writer: a single P keeps its threads and memory low.
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
@@ -194,6 +221,7 @@ func spawnSupervised(path string, args []string, opts SpawnOptions) (Process, er
 		return Process{}, fmt.Errorf("start the vmm's supervisor: %w", err)
 	}
 	readyW.Close() // EOF once the supervisor is gone
+	ackR.Close()
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 
@@ -220,6 +248,14 @@ func spawnSupervised(path string, args []string, opts SpawnOptions) (Process, er
 	}()
 	if !system.Alive(p.PID, p.StartTime) {
 		return Process{}, fmt.Errorf("%s exited immediately", path)
+	}
+	if opts.OnStarted != nil {
+		if err := opts.OnStarted(p); err != nil {
+			return Process{}, errors.Join(fmt.Errorf("record the new vmm: %w", err), Kill(context.Background(), p))
+		}
+	}
+	if _, err := ackW.Write([]byte{'k'}); err != nil {
+		return Process{}, errors.Join(fmt.Errorf("vmm supervisor: %w", err), Kill(context.Background(), p))
 	}
 	return p, nil
 }

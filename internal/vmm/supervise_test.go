@@ -25,8 +25,8 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 8 && os.Args[1] == logcap.ForwarderCommand && os.Args[2] == "--cap" && os.Args[4] == "--exit-file" && os.Args[7] == "--" {
 		limit, err := strconv.ParseInt(os.Args[3], 10, 64)
 		if err == nil {
-			err = Supervise(SuperviseConfig{LogPath: os.Args[6], LogCap: limit, ExitFile: os.Args[5], Path: os.Args[8], Args: os.Args[9:]},
-				os.NewFile(logcap.ReadyFD, "ready"))
+			err = Supervise(SuperviseConfig{LogPath: os.Args[6], LogCap: limit, ExitFile: os.Args[5], Path: os.Args[8], Args: os.Args[9:],
+				Ack: os.NewFile(AckFD, "ack")}, os.NewFile(logcap.ReadyFD, "ready"))
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -193,4 +193,33 @@ func childrenOf(t *testing.T, pid int) []int {
 		}
 	}
 	return out
+}
+
+// TestSupervisorKillsAVMMNobodyRecorded: until the daemon has recorded the
+// new VMM (OnStarted) and said so, the supervisor holds it; a daemon that
+// dies or fails to record it leaves no owner, so the supervisor kills it
+// and says so in the log.
+func TestSupervisorKillsAVMMNobodyRecorded(t *testing.T) {
+	dir := t.TempDir()
+	goFile, logPath := filepath.Join(dir, "go"), filepath.Join(dir, "vm.log")
+	var started Process
+	_, err := Spawn("/bin/sh", fakeVMM(goFile, 0), SpawnOptions{LogPath: logPath, LogCap: 64 << 10, ExitFile: ExitFile(dir),
+		OnStarted: func(p Process) error { started = p; return errors.New("the store is gone") }})
+	if err == nil || !strings.Contains(err.Error(), "the store is gone") {
+		t.Fatalf("spawn with a failed record: %v", err)
+	}
+	if started.PID == 0 {
+		t.Fatal("OnStarted did not see the vmm")
+	}
+	waitGone(t, started.PID)
+	for i := 0; ; i++ {
+		b, _ := os.ReadFile(logPath)
+		if strings.Contains(string(b), "the daemon did not record this vmm") {
+			break
+		}
+		if i > 500 {
+			t.Fatalf("the log does not say why the vmm was killed:\n%s", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
