@@ -62,16 +62,11 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 			steps = append(steps, Step{Name: StepIPLease,
 				Do: func(ctx context.Context) error {
 					return s.store.Transaction(ctx, func(tx *store.Tx) error {
-						used, err := tx.UsedGuestIPs(ctx)
+						ip, err := s.leaseIP(ctx, tx)
 						if err != nil {
 							return err
 						}
-						ip, err := s.pool.Allocate(used)
-						if err != nil {
-							return err
-						}
-						newIP = ip.String()
-						v.GuestIP = newIP
+						newIP, v.GuestIP = ip, ip
 						return tx.UpdateVM(ctx, v)
 					})
 				},

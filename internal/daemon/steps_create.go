@@ -238,15 +238,11 @@ func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) 
 		if err := portConflict(ctx, tx, v); err != nil {
 			return err
 		}
-		used, err := tx.UsedGuestIPs(ctx)
+		ip, err := s.leaseIP(ctx, tx)
 		if err != nil {
 			return err
 		}
-		ip, err := s.pool.Allocate(used)
-		if err != nil {
-			return err
-		}
-		v.GuestIP = ip.String()
+		v.GuestIP = ip
 		dir := s.layout.VM(v.ID)
 		v.VMDir, v.LogPath = dir.Path(), dir.LogPath()
 		// Nobody can know the new id yet, so this cannot block.
@@ -267,4 +263,18 @@ func (s *Service) insertNewVM(ctx context.Context, v *model.VM) (func(), error) 
 func isUnder(parent, p string) bool {
 	rel, err := filepath.Rel(parent, p)
 	return err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel)
+}
+
+// leaseIP picks a guest IP no VM holds, inside tx: the caller records it
+// in the same transaction.
+func (s *Service) leaseIP(ctx context.Context, tx *store.Tx) (string, error) {
+	used, err := tx.UsedGuestIPs(ctx)
+	if err != nil {
+		return "", err
+	}
+	ip, err := s.pool.Allocate(used)
+	if err != nil {
+		return "", err
+	}
+	return ip.String(), nil
 }
