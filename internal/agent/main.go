@@ -30,6 +30,9 @@ func Main(args []string, stdout, stderr io.Writer, build string) int {
 		noSerial  = fl.Bool("no-serial", false, "do not serve a virtio-serial port")
 		debugLog  = fl.Bool("debug", false, "log debug messages")
 		showVer   = fl.Bool("version", false, "print the version and exit")
+		// Tests only: an agent of another banger, to check that a host
+		// refuses it with a clear error.
+		claimProto = fl.Int("claim-protocol", ProtocolVersion, "claim this protocol version (for tests: an agent of another banger)")
 	)
 	if err := fl.Parse(args); err != nil {
 		return 2
@@ -43,21 +46,21 @@ func Main(args []string, stdout, stderr io.Writer, build string) int {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := serveGuest(logger, build, *serial, !*noSerial, uint32(*vsockPort)); err != nil {
+	if err := serveGuest(logger, build, *serial, !*noSerial, uint32(*vsockPort), *claimProto); err != nil {
 		logger.Error(Program, "err", err)
 		return 1
 	}
 	return 0
 }
 
-func serveGuest(logger *slog.Logger, build, serial string, useSerial bool, vsockPort uint32) error {
+func serveGuest(logger *slog.Logger, build, serial string, useSerial bool, vsockPort uint32, proto int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
-	srv, err := NewServer(logger, HostSystem{Logger: logger}, build)
+	srv, err := NewServer(logger, HostSystem{Logger: logger}, build, WithProtocolVersion(proto))
 	if err != nil {
 		return err
 	}
-	logger.Info("banger-agent started", "version", build, "protocol", ProtocolVersion)
+	logger.Info("banger-agent started", "version", build, "protocol", proto)
 	var wg sync.WaitGroup
 	if useSerial {
 		wg.Go(func() { _ = srv.ServeDevice(ctx, serial) })

@@ -3,17 +3,21 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/testutil"
 	"github.com/banger-vm/banger/internal/testutil/testimage"
 )
@@ -52,7 +56,7 @@ func buildAgent(t *testing.T, dir string) string {
 
 // agentDisk copies the test image's root disk and installs the agent in it
 // with debugfs.
-func agentDisk(t *testing.T, img testimage.Image, dir string) string {
+func agentDisk(t *testing.T, img testimage.Image, dir string, agentArgs ...string) string {
 	t.Helper()
 	agentBin := buildAgent(t, dir)
 	ko, _ := filepath.Glob(filepath.Join(filepath.Dir(img.Kernel), "lib/modules", img.KernelVersion, "kernel/drivers/char/virtio_console.ko"))
@@ -75,7 +79,8 @@ func agentDisk(t *testing.T, img testimage.Image, dir string) string {
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]string{"inittab": guestInittab, "passwd": guestPasswd, "group": guestGroup}
+	inittab := strings.Replace(guestInittab, "/sbin/banger-agent -debug", strings.Join(append([]string{"/sbin/banger-agent", "-debug"}, agentArgs...), " "), 1)
+	files := map[string]string{"inittab": inittab, "passwd": guestPasswd, "group": guestGroup}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -104,7 +109,7 @@ const guestMAC = "52:54:00:ba:4e:01"
 // bootAgentGuest boots the test guest under QEMU with the agent's
 // virtio-serial port and returns the port's socket and the QEMU process's
 // end.
-func bootAgentGuest(t *testing.T) (sock string, exited <-chan error) {
+func bootAgentGuest(t *testing.T, agentArgs ...string) (sock string, exited <-chan error) {
 	t.Helper()
 	ctx := testCtx(t)
 	img, err := testimage.Build(ctx, testimage.DefaultCacheDir)
@@ -112,7 +117,7 @@ func bootAgentGuest(t *testing.T) (sock string, exited <-chan error) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	disk := agentDisk(t, img, dir)
+	disk := agentDisk(t, img, dir, agentArgs...)
 	sock = filepath.Join(dir, "agent.sock")
 	console := filepath.Join(dir, "console.log")
 	args := []string{
@@ -280,3 +285,27 @@ func TestQEMUGuest(t *testing.T) {
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func mustAddr(s string) netip.Addr     { return netip.MustParseAddr(s) }
+
+// TestQEMUGuestOfAnotherProtocol: a real guest whose agent speaks another
+// protocol version (an image of another banger) is refused at once with
+// both versions named, never a hang or a retry until the deadline.
+func TestQEMUGuestOfAnotherProtocol(t *testing.T) {
+	testutil.RequireVMs(t)
+	testutil.RequireTools(t, "debugfs")
+	sock, _ := bootAgentGuest(t, "-claim-protocol", strconv.Itoa(ProtocolVersion+1))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	log := testLogger(t)
+	dial := func(ctx context.Context) (*Client, error) { return DialSerial(ctx, log, sock) }
+	_, _, err := WaitReady(ctx, dial, 30*time.Second)
+	var ve *VersionError
+	if !errors.As(err, &ve) || ve.Agent != ProtocolVersion+1 || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("a guest agent of protocol %d: %v", ProtocolVersion+1, err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, fmt.Sprintf("protocol %d", ProtocolVersion+1)) || !strings.Contains(msg, fmt.Sprintf("speaks %d", ProtocolVersion)) {
+		t.Fatalf("the error does not name both versions: %s", msg)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the refusal waited for the deadline")
+	}
+}
