@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -358,6 +359,12 @@ func (d *daemon) assertNoLeaks() {
 	}
 	if p := d.vmmProcesses(); len(p) > 0 {
 		d.t.Errorf("leaked VMM processes:\n%s", strings.Join(p, "\n"))
+		// Reported, then ended: a failed test leaves nothing running.
+		for _, line := range p {
+			if pid, err := strconv.Atoi(strings.SplitN(line, ":", 2)[0]); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 	}
 	if entries, _ := os.ReadDir(filepath.Join(d.stateDir, "vms")); len(entries) > 0 {
 		d.t.Errorf("leaked vm dirs: %v", entries)
