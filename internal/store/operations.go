@@ -50,8 +50,13 @@ func (s *Store) ListOperations(ctx context.Context, vmID string, limit int) ([]*
 	if limit <= 0 {
 		limit = -1
 	}
+	return s.queryOperations(ctx, `WHERE vm_id = ? ORDER BY id DESC LIMIT ?`, vmID, limit)
+}
+
+// queryOperations reads the operations a WHERE/ORDER clause selects.
+func (s *Store) queryOperations(ctx context.Context, clause string, args ...any) ([]*model.Operation, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT id, vm_id, kind, status, error, stages, started_at, ended_at
-		FROM operations WHERE vm_id = ? ORDER BY id DESC LIMIT ?`, vmID, limit)
+		FROM operations `+clause, args...)
 	if err != nil {
 		return nil, err
 	}
