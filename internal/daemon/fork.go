@@ -116,7 +116,7 @@ func (s *Service) forkRequest(ctx context.Context, req api.CreateVMRequest, sn *
 	if err != nil {
 		return req, fmt.Errorf("image of snapshot %q: %w", sn.Name, err)
 	}
-	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+	if !hasAgent(img) {
 		return req, errdefs.FailedPrecondition("snapshot %q: image %q has no banger-agent of protocol %d, which a fork needs to give the guest its own identity (hint: fork from a snapshot of a vm made from an image banger built)", sn.Name, img.Name, agent.ProtocolVersion)
 	}
 	req.VCPUs, req.MemoryMiB, req.VMM, req.Image = sn.VCPUs, sn.MemoryMiB, sn.VMM, sn.ImageID
@@ -246,7 +246,7 @@ func (s *Service) resumeGuest(ctx context.Context, sc *startCtx, op *operation) 
 	if err != nil {
 		return fmt.Errorf("image of vm %q: %w", v.Name, err)
 	}
-	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+	if !hasAgent(img) {
 		if sc.restore.fork {
 			return errdefs.FailedPrecondition("image %q has no banger-agent of protocol %d: a fork cannot take its identity", img.Name, agent.ProtocolVersion)
 		}
@@ -286,12 +286,25 @@ func (s *Service) resumeGuest(ctx context.Context, sc *startCtx, op *operation) 
 }
 
 // reidentify gives the restored guest of sn (the template's) v's identity
-// through its agent and pins the new host keys it answers with.
+// through its agent; its NIC still has the template's MAC.
 func (s *Service) reidentify(ctx context.Context, c *agent.Client, v *model.VM, sn *model.Snapshot) ([]ssh.PublicKey, error) {
 	from, err := s.snapshotGuestIP(ctx, sn)
 	if err != nil {
 		return nil, err
 	}
+	keys, err := s.setGuestIdentity(ctx, c, v, network.MACFor(sn.VMID))
+	if err != nil {
+		return nil, fmt.Errorf("give the guest (restored with %s's address %s) the identity of vm %q: %w", sn.VMName, from, v.Name, err)
+	}
+	return keys, nil
+}
+
+// setGuestIdentity has v's running guest take v's identity through its
+// agent c: hostname, a new machine ID, v's address and MAC on the NIC that
+// has nicMAC now, DNS, and new SSH host keys, which it pins by v's IP and
+// name (replacing what those named); the config disk is rewritten to
+// match, so a later boot keeps all of it.
+func (s *Service) setGuestIdentity(ctx context.Context, c *agent.Client, v *model.VM, nicMAC string) ([]ssh.PublicKey, error) {
 	mid, err := identity.NewMachineID()
 	if err != nil {
 		return nil, err
@@ -301,25 +314,31 @@ func (s *Service) reidentify(ctx context.Context, c *agent.Client, v *model.VM, 
 		return nil, err
 	}
 	req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true}
-	if s.cfg.Network != nil { // the guest has a NIC (the snapshot's meta says so too)
-		req.Network = &agent.NetworkIdentity{MAC: network.MACFor(sn.VMID), Address: id.Address, Gateway: id.Gateway, NewMAC: id.MAC.String()}
+	if s.cfg.Network != nil { // the guest has a NIC
+		req.Network = &agent.NetworkIdentity{MAC: nicMAC, Address: id.Address, Gateway: id.Gateway}
+		if mac := id.MAC.String(); mac != nicMAC {
+			req.Network.NewMAC = mac
+		}
 	}
-	keys, err := c.SetIdentity(ctx, req)
+	keys, err := c.SetIdentity(ctx, req) // an answer without keys is an error
 	if err != nil {
-		return nil, fmt.Errorf("give the guest (restored with %s's address %s) the identity of vm %q: %w", sn.VMName, from, v.Name, err)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("the guest agent of vm %q answered no host keys", v.Name)
+		return nil, err
 	}
 	if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, keys...); err != nil {
 		return nil, fmt.Errorf("pin host key: %w", err)
 	}
 	v.HostKey = hostKeyLine(keys[0])
-	// The config disk gets the same machine ID, for the VM's later boots.
 	if err := s.writeAgentConfigDisk(ctx, v, mid); err != nil {
 		return nil, err
 	}
 	return keys, nil
+}
+
+// hasAgent reports whether img carries a banger-agent this daemon speaks
+// to.
+func hasAgent(img *model.Image) bool {
+	a := ImageAgent(img)
+	return a != nil && a.Protocol == agent.ProtocolVersion
 }
 
 // pendingRestore is the restore v's next start does: its origin's
@@ -355,7 +374,7 @@ func (s *Service) ForkVM(ctx context.Context, ref string, req api.ForkVMRequest)
 	if err != nil {
 		return nil, fmt.Errorf("image of vm %q: %w", src.Name, err)
 	}
-	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+	if !hasAgent(img) {
 		return nil, errdefs.FailedPrecondition("vm %q: image %q has no banger-agent of protocol %d, which a fork needs to give the guest its own identity (hint: fork a vm made from an image banger built)", src.Name, img.Name, agent.ProtocolVersion)
 	}
 	sn, err := s.CreateSnapshot(ctx, src.ID, SnapshotOptions{Name: req.Snapshot})
@@ -394,7 +413,7 @@ func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRe
 	if err := checkImageAccess(ctx, img, false); err != nil {
 		return nil, err
 	}
-	if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+	if !hasAgent(img) {
 		return nil, errdefs.FailedPrecondition("image %q has no banger-agent of protocol %d, which warm starts need to give each VM its identity (hint: warm an image banger built)", img.Name, agent.ProtocolVersion)
 	}
 	suffix := make([]byte, 3)

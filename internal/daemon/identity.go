@@ -81,8 +81,7 @@ func (s *Service) applyIdentity(ctx context.Context, v *model.VM, op *operation)
 	if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, pubs...); err != nil {
 		return fmt.Errorf("pin host key: %w", err)
 	}
-	v.HostKey = string(ssh.MarshalAuthorizedKey(pubs[0]))
-	v.HostKey = v.HostKey[:len(v.HostKey)-1] // no newline
+	v.HostKey = hostKeyLine(pubs[0])
 	op.log.Info("identity written", "by", how, "detail", fmt.Sprintf("hostname %s, %s via %s, host key %s pinned", v.Name, id.Address, id.Gateway, ssh.FingerprintSHA256(pubs[0])))
 	return nil
 }

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -45,7 +44,7 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 		if err != nil {
 			return fmt.Errorf("image of vm %q: %w", v.Name, err)
 		}
-		if a := ImageAgent(img); a == nil || a.Protocol != agent.ProtocolVersion {
+		if !hasAgent(img) {
 			return errdefs.NotSupported("vm %q: image %q has no banger-agent of protocol %d, which a run-time identity needs (hint: images banger builds have it)", v.Name, img.Name, agent.ProtocolVersion)
 		}
 		c, err := s.connectAgent(ctx, v, agentMinWait)
@@ -79,36 +78,18 @@ func (s *Service) ReidentifyVM(ctx context.Context, ref string, opts ReidentifyO
 		var keys []ssh.PublicKey
 		steps = append(steps, Step{Name: StepGuestIdentify,
 			Do: func(ctx context.Context) error {
-				mid, err := identity.NewMachineID()
-				if err != nil {
+				var err error
+				if keys, err = s.setGuestIdentity(ctx, c, v, network.MACFor(v.ID)); err != nil {
 					return err
 				}
-				id, err := s.forkIdentity(v, mid)
-				if err != nil {
-					return err
+				// The old address's pins go with the old keys (the name's
+				// were replaced).
+				if oldIP != v.GuestIP {
+					if err := identity.RemovePins(s.layout.KnownHosts(), oldIP); err != nil {
+						return err
+					}
 				}
-				req := agent.Identity{Hostname: v.Name, MachineID: mid, DNS: id.DNS, NewHostKeys: true}
-				if s.cfg.Network != nil {
-					req.Network = &agent.NetworkIdentity{MAC: network.MACFor(v.ID), Address: id.Address, Gateway: id.Gateway}
-				}
-				if keys, err = c.SetIdentity(ctx, req); err != nil {
-					return err
-				}
-				if len(keys) == 0 {
-					return errors.New("the guest agent answered no host keys")
-				}
-				// Old pins go with the old keys: by the old IP and the name.
-				if err := identity.RemovePins(s.layout.KnownHosts(), oldIP); err != nil {
-					return err
-				}
-				if err := identity.Pin(s.layout.KnownHosts(), []string{v.GuestIP, v.Name}, keys...); err != nil {
-					return fmt.Errorf("pin host key: %w", err)
-				}
-				v.HostKey = hostKeyLine(keys[0])
-				if err := s.store.UpdateVM(ctx, v); err != nil {
-					return err
-				}
-				return s.writeAgentConfigDisk(ctx, v, mid)
+				return s.store.UpdateVM(ctx, v)
 			},
 			Detail: func() string { return "host key " + ssh.FingerprintSHA256(keys[0]) + " pinned" }})
 		if opts.NewIP {

@@ -152,7 +152,7 @@ func (s *Service) snapshotLocked(ctx context.Context, v *model.VM, op *operation
 		// After the save: QEMU has flushed the disk, and the guest is
 		// still stopped, so the clone is the disk at the saved instant.
 		Step{Name: StepSnapshotDisk, Do: func(ctx context.Context) error {
-			return s.cloneRootDisk(ctx, v, filepath.Join(sn.Dir, SnapshotDiskFile))
+			return s.cloneDisk(ctx, v, filepath.Join(sn.Dir, SnapshotDiskFile)) // in v's own format
 		}},
 		Step{Name: StepSnapshotRecord,
 			Do: func(ctx context.Context) error {
@@ -206,13 +206,6 @@ func (s *Service) snapshotSpec(ctx context.Context, v *model.VM) (vmm.Spec, erro
 	}
 	spec.Initrd = img.InitrdPath
 	return spec, nil
-}
-
-// cloneRootDisk makes dst a copy of v's root disk at this instant, in the
-// VM's own disk format: its strategy's clone (a copy of a qcow2 overlay
-// over the same read-only image, a reflink, or a sparse copy).
-func (s *Service) cloneRootDisk(ctx context.Context, v *model.VM, dst string) error {
-	return s.cloneDisk(ctx, v, dst)
 }
 
 // cloneFile copies src to dst (new, mode 0600), by reflink if it can.
