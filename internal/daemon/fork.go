@@ -421,14 +421,20 @@ func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRe
 		return nil, err
 	}
 	tmpl := fmt.Sprintf("warm-%x", suffix)
-	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: tmpl, Image: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, VMM: req.VMM, Cold: true, Start: true})
+	v, err := s.CreateVM(ctx, api.CreateVMRequest{Name: tmpl, Image: img.ID, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, VMM: req.VMM, Cold: true})
 	if err != nil {
-		if v != nil { // made, then its start failed
-			s.discardTemplate(ctx, v.ID)
-		}
 		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
 	}
 	defer s.discardTemplate(ctx, v.ID)
+	// Its RAM in a file, where the driver can: the snapshot keeps that
+	// file instead of a copy, and each warm start maps it.
+	v, err = s.runOp(ctx, v.ID, "vm.start", !detached, func(ctx context.Context, v *model.VM, op *operation) error {
+		_, err := s.startWith(ctx, v, op, startOptions{memoryFile: true})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
+	}
 	old, err := s.store.WarmSnapshot(ctx, img.ID, v.VMM, v.VCPUs, v.MemoryMiB)
 	if err != nil {
 		return nil, err

@@ -146,9 +146,21 @@ func (s *Service) snapshotLocked(ctx context.Context, v *model.VM, op *operation
 	}
 	steps = append(steps,
 		Step{Name: StepSnapshotSave, Do: func(ctx context.Context) error {
+			if mf, ok := saver.(vmm.MemoryFileSnapshotter); ok && opts.Stop && spec.MemoryFile != "" {
+				// The VM's RAM is already a file: it becomes the
+				// snapshot's, and the VM is ended below.
+				meta, err = mf.SaveSnapshotMovingMemory(ctx, spec, sn.Dir)
+				return err
+			}
 			meta, err = saver.SaveSnapshot(ctx, spec, sn.Dir)
 			return err
-		}},
+		},
+			Detail: func() string {
+				if meta.MemoryFile != "" {
+					return fmt.Sprintf("device state only; the guest's ram file became the snapshot's %s", meta.MemoryFile)
+				}
+				return ""
+			}},
 		// After the save: QEMU has flushed the disk, and the guest is
 		// still stopped, so the clone is the disk at the saved instant.
 		Step{Name: StepSnapshotDisk, Do: func(ctx context.Context) error {
@@ -315,7 +327,7 @@ func (s *Service) restoreLocked(ctx context.Context, v *model.VM, op *operation,
 	if err := RunSteps(ctx, steps, op); err != nil {
 		return fmt.Errorf("restore vm %q: %w", v.Name, err)
 	}
-	_, err := s.startWith(ctx, v, op, &restorePlan{sn: sn})
+	_, err := s.startWith(ctx, v, op, startOptions{restore: &restorePlan{sn: sn}})
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -137,14 +138,14 @@ func (s *Service) StartVM(ctx context.Context, ref string) (*model.VM, error) {
 // error names the VM's log. A fork's first start restores its snapshot.
 func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (*model.VM, error) {
 	if s.alive(v) {
-		return s.startWith(ctx, v, op, nil) // says what it is
+		return s.startWith(ctx, v, op, startOptions{}) // says what it is
 	}
 	plan, err := s.pendingRestore(ctx, v)
 	if err != nil {
 		return v, withLog(v, err)
 	}
 	if plan == nil {
-		return s.startWith(ctx, v, op, nil)
+		return s.startWith(ctx, v, op, startOptions{})
 	}
 	unlock, err := s.locks.lock(ctx, plan.sn.ID) // against a delete of the snapshot meanwhile
 	if err != nil {
@@ -152,12 +153,27 @@ func (s *Service) startLocked(ctx context.Context, v *model.VM, op *operation) (
 	}
 	defer unlock()
 	op.Note(StageRestoreFrom, fmt.Sprintf("snapshot %q (%s) taken %s of vm %q: a fork's first start", plan.sn.Name, plan.sn.ID, plan.sn.CreatedAt.Format(time.RFC3339), plan.sn.VMName))
-	return s.startWith(ctx, v, op, plan)
+	return s.startWith(ctx, v, op, startOptions{restore: plan})
 }
+
+// startOptions are how a start differs from a plain boot.
+type startOptions struct {
+	// restore, if set, is the snapshot the VM is launched from instead of
+	// booting (issue 12).
+	restore *restorePlan
+	// memoryFile boots the VM with its RAM in a file in its dir, on a
+	// driver that can keep that file as a snapshot's memory (a warm
+	// image's template: its snapshot then takes no copy of the RAM, and
+	// restores map it instead of loading it).
+	memoryFile bool
+}
+
+// MemoryFile is the name of a VM's RAM file in its dir (startOptions).
+const MemoryFile = "memory.ram"
 
 // startWith is startLocked; with restore, the VM is launched restoring
 // that snapshot instead of booting (issue 12).
-func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, restore *restorePlan) (*model.VM, error) {
+func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, opts startOptions) (*model.VM, error) {
 	alive := s.alive(v)
 	if alive && v.State == model.StateRunning {
 		op.Note(StageAlreadyRunning, fmt.Sprintf("pid %d", v.Runtime.PID))
@@ -181,16 +197,18 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, res
 	if err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
-	if restore != nil {
-		sc.restore = restore
-		sc.spec.Restore = &vmm.RestoreSpec{Dir: restore.sn.Dir}
+	if opts.restore != nil {
+		sc.restore = opts.restore
+		sc.spec.Restore = &vmm.RestoreSpec{Dir: opts.restore.sn.Dir}
+	} else if _, ok := sc.drv.(vmm.MemoryFileSnapshotter); ok && opts.memoryFile {
+		sc.spec.MemoryFile = filepath.Join(v.VMDir, MemoryFile)
 	}
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the
 	// moment the VMM process exists, before the driver waits on it.
 	v.State, v.LastError, v.LastExit = model.StateStarting, "", nil
 	v.Runtime = model.Runtime{ControlSocket: sc.spec.ControlSocket, VsockPath: sc.spec.VsockPath, VsockCID: sc.spec.VsockCID,
-		Tap: sc.spec.Tap, DMName: dmNameFor(v), AgentSocket: sc.spec.AgentSocket}
+		Tap: sc.spec.Tap, DMName: dmNameFor(v), AgentSocket: sc.spec.AgentSocket, MemoryFile: sc.spec.MemoryFile}
 	if err := s.store.UpdateVM(ctx, v); err != nil {
 		return v, s.recordStartFailure(ctx, v, op, err)
 	}
@@ -315,7 +333,7 @@ func (s *Service) runtimeSpec(v *model.VM) vmm.Spec {
 		RootDisk: s.diskPath(v), RootDiskFormat: diskFormat(v), ConfigDisk: s.configDiskFor(v),
 		ControlSocket: v.Runtime.ControlSocket, VsockPath: v.Runtime.VsockPath, VsockCID: v.Runtime.VsockCID,
 		Tap: v.Runtime.Tap, MAC: network.MACFor(v.ID), LogPath: v.LogPath, VMDir: v.VMDir,
-		AgentSocket: v.Runtime.AgentSocket,
+		AgentSocket: v.Runtime.AgentSocket, MemoryFile: v.Runtime.MemoryFile,
 	}
 }
 

@@ -113,6 +113,10 @@ type Runtime struct {
 	// Guest agent (issue 10): the unix socket QEMU serves the agent's
 	// virtio-serial port on (Firecracker's agent is on VsockPath).
 	AgentSocket string
+	// MemoryFile is the file the guest's RAM is mapped from while it runs
+	// (a warm image's template: its snapshot keeps the file); empty:
+	// the VMM's own memory.
+	MemoryFile string
 }
 
 // Short is the short form of the ID that per-VM host names derive from.

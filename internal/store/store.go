@@ -194,6 +194,9 @@ var migrations = []string{
 		created_at    INTEGER NOT NULL
 	);
 	CREATE INDEX vm_origins_snapshot ON vm_origins(snapshot_id);`,
+	// Warm images' templates (issue 12): the file a running VM's RAM is
+	// mapped from, which its teardown removes; empty: anonymous memory.
+	`ALTER TABLE vms ADD COLUMN memory_file TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

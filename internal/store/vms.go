@@ -17,7 +17,7 @@ import (
 const vmColumns = `id, name, image_id, vcpus, memory_mib, disk_bytes, vmm, vmm_reason, state, guest_ip,
 	vm_dir, log_path, last_error, ports, host_key, pid, pid_start_time, control_socket, vsock_path, vsock_cid,
 	tap, dm_name, accel, started_at, created_at, updated_at,
-	disk_strategy, disk_reason, last_exit, owner_uid, agent_socket, net_policy`
+	disk_strategy, disk_reason, last_exit, owner_uid, agent_socket, net_policy, memory_file`
 
 type scanner interface{ Scan(...any) error }
 
@@ -33,7 +33,7 @@ func scanVM(r scanner) (*model.VM, error) {
 		&v.VMDir, &v.LogPath, &v.LastError, &ports, &v.HostKey, &v.Runtime.PID, &v.Runtime.PIDStartTime, &v.Runtime.ControlSocket,
 		&v.Runtime.VsockPath, &v.Runtime.VsockCID, &v.Runtime.Tap, &v.Runtime.DMName, &v.Runtime.Accel,
 		&started, &created, &updated,
-		&v.DiskStrategy, &v.DiskReason, &lastExit, &v.OwnerUID, &v.Runtime.AgentSocket, &netPolicy)
+		&v.DiskStrategy, &v.DiskReason, &lastExit, &v.OwnerUID, &v.Runtime.AgentSocket, &netPolicy, &v.Runtime.MemoryFile)
 	if err != nil {
 		return nil, err
 	}
@@ -89,12 +89,12 @@ func (t *Tx) InsertVM(ctx context.Context, v *model.VM) error {
 	}
 	v.UpdatedAt = now
 	_, err := t.tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		v.ID, v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.CreatedAt), nanos(v.UpdatedAt),
-		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy))
+		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy), v.Runtime.MemoryFile)
 	if isUnique(err) {
 		return t.whichVMConflict(ctx, v)
 	}
@@ -123,13 +123,13 @@ func (t *Tx) UpdateVM(ctx context.Context, v *model.VM) error {
 	res, err := t.tx.ExecContext(ctx, `UPDATE vms SET name=?, image_id=?, vcpus=?, memory_mib=?, disk_bytes=?,
 		vmm=?, vmm_reason=?, state=?, guest_ip=?, vm_dir=?, log_path=?, last_error=?, ports=?, host_key=?, pid=?, pid_start_time=?,
 		control_socket=?, vsock_path=?, vsock_cid=?, tap=?, dm_name=?, accel=?, started_at=?, updated_at=?,
-		disk_strategy=?, disk_reason=?, last_exit=?, owner_uid=?, agent_socket=?, net_policy=?
+		disk_strategy=?, disk_reason=?, last_exit=?, owner_uid=?, agent_socket=?, net_policy=?, memory_file=?
 		WHERE id=?`,
 		v.Name, v.ImageID, v.VCPUs, v.MemoryMiB, v.DiskBytes, v.VMM, v.VMMReason, string(v.State), nullIP(v.GuestIP),
 		v.VMDir, v.LogPath, v.LastError, portsJSON(v.Ports), v.HostKey, v.Runtime.PID, v.Runtime.PIDStartTime, v.Runtime.ControlSocket,
 		v.Runtime.VsockPath, v.Runtime.VsockCID, v.Runtime.Tap, v.Runtime.DMName, v.Runtime.Accel,
 		nanos(v.Runtime.StartedAt), nanos(v.UpdatedAt),
-		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy), v.ID)
+		v.DiskStrategy, v.DiskReason, exitJSON(v.LastExit), v.OwnerUID, v.Runtime.AgentSocket, netPolicyJSON(v.NetPolicy), v.Runtime.MemoryFile, v.ID)
 	if isUnique(err) {
 		return t.whichVMConflict(ctx, v)
 	}
@@ -206,7 +206,7 @@ func (t *Tx) ListVMs(ctx context.Context) ([]*model.VM, error) {
 func (t *Tx) ListVMsClaimingRuntime(ctx context.Context) ([]*model.VM, error) {
 	return t.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms
 		WHERE state IN ('starting', 'running', 'stopping', 'creating', 'paused')
-		   OR (state = 'error' AND (pid != 0 OR control_socket != '' OR vsock_path != '' OR agent_socket != '' OR tap != '' OR dm_name != ''))
+		   OR (state = 'error' AND (pid != 0 OR control_socket != '' OR vsock_path != '' OR agent_socket != '' OR memory_file != '' OR tap != '' OR dm_name != ''))
 		ORDER BY created_at, id`)
 }
 

@@ -44,6 +44,22 @@ type Snapshotter interface {
 	SaveSnapshot(ctx context.Context, spec Spec, dir string) (SnapshotMeta, error)
 }
 
+// MemoryFileSnapshotter is a Snapshotter whose VMs can boot with their RAM
+// in a shared file (Spec.MemoryFile). Such a VM is snapshotted in the
+// time its device state takes to write, whatever its memory size: the
+// memory is already in a file, which becomes the snapshot's. A restore
+// maps that file copy-on-write, so it loads no RAM either, and every VM
+// restored from one snapshot shares its unchanged pages.
+type MemoryFileSnapshotter interface {
+	Snapshotter
+	// SaveSnapshotMovingMemory is SaveSnapshot for a paused VM booted
+	// with spec.MemoryFile: the device state goes into dir, and the
+	// memory file is flushed and moved there (SnapshotMeta.MemoryFile).
+	// The VM must not run again (the snapshot's memory would change
+	// under it): the caller ends it.
+	SaveSnapshotMovingMemory(ctx context.Context, spec Spec, dir string) (SnapshotMeta, error)
+}
+
 // RestoreSpec asks Launch to restore the VM from a snapshot instead of
 // preparing a boot: Launch loads the state and returns with the VM paused
 // at the instant of the snapshot, and Boot resumes it. The spec's root
@@ -71,7 +87,11 @@ type SnapshotMeta struct {
 	Files        []string `json:"files"`   // state files in the dir, besides the meta
 	// RootDisk is where the VMM had the root disk, for drivers whose
 	// snapshot names it (Firecracker reopens the disk there on load).
-	RootDisk    string    `json:"root_disk,omitempty"`
+	RootDisk string `json:"root_disk,omitempty"`
+	// MemoryFile, in Files, is the guest's RAM as a file of its own
+	// (MemoryFileSnapshotter): a restore maps it copy-on-write. Empty:
+	// the RAM is in the state file.
+	MemoryFile  string    `json:"memory_file,omitempty"`
 	SizeBytes   int64     `json:"size_bytes"`
 	Created     time.Time `json:"created"`
 	SaveSeconds float64   `json:"save_seconds"`

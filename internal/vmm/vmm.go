@@ -64,6 +64,13 @@ type Spec struct {
 	// Guest agent (issue 10): AgentSocket is where a driver without vsock
 	// (QEMU) serves the guest agent's virtio-serial port; empty: none.
 	AgentSocket string `json:",omitempty"`
+	// MemoryFile, if set on a boot, is a file that holds the guest's RAM
+	// while it runs, mapped shared: every write the guest makes lands in
+	// it. A snapshot saved with SaveSnapshotMovingMemory then keeps that
+	// file as its memory instead of copying the RAM (see
+	// MemoryFileSnapshotter). Only on drivers that implement it; the
+	// driver creates the file (mode 0600) and Cleanup removes it.
+	MemoryFile string `json:",omitempty"`
 }
 
 // Process identifies a running VMM process across daemon restarts.

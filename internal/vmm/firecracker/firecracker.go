@@ -279,6 +279,9 @@ func (d *Driver) Validate(spec vmm.Spec) error {
 		return errdefs.InvalidArgument("incomplete vm spec: kernel, root disk, control socket and log path are required")
 	case spec.RootDiskFormat != "" && spec.RootDiskFormat != "raw":
 		return errdefs.InvalidArgument("root disk format %q: Firecracker opens raw files and block devices only (hint: --disk-strategy reflink, dm-snapshot or sparse-copy)", spec.RootDiskFormat)
+	case spec.MemoryFile != "":
+		// Its snapshots always write the memory to a file of their own.
+		return errdefs.NotSupported("firecracker: a guest ram file (%s) is a qemu feature", spec.MemoryFile)
 	}
 	if err := checkInstanceID(spec.ID); err != nil {
 		return err

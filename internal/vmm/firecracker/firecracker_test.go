@@ -449,6 +449,7 @@ func TestValidate(t *testing.T) {
 		{"bad mac", Config{}, func(s *vmm.Spec) { s.MAC = "02:fc" }, errdefs.ClassInvalidArgument, "guest mac"},
 		{"bad id", Config{}, func(s *vmm.Spec) { s.ID = "../etc" }, errdefs.ClassInvalidArgument, "instance id"},
 		{"qcow2 disk", Config{}, func(s *vmm.Spec) { s.RootDiskFormat = "qcow2" }, errdefs.ClassInvalidArgument, "raw files and block devices only"},
+		{"guest ram file", Config{}, func(s *vmm.Spec) { s.MemoryFile = filepath.Join(h.dir, "memory.ram") }, errdefs.ClassNotSupported, "a qemu feature"},
 		{"kernel missing", Config{}, func(s *vmm.Spec) { s.Kernel = filepath.Join(h.dir, "nope") }, errdefs.ClassFailedPrecondition, "is missing"},
 		{"kernel not elf", Config{}, func(s *vmm.Spec) { s.Kernel = file("text", []byte("not a kernel at all")) }, errdefs.ClassInvalidArgument, "is not an ELF file"},
 		{"kernel bzImage", Config{}, func(s *vmm.Spec) { s.Kernel = file("bzImage", bz) }, errdefs.ClassInvalidArgument, "compressed bzImage"},

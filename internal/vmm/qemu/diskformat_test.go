@@ -48,3 +48,32 @@ func TestConfigDiskDrive(t *testing.T) {
 		t.Fatalf("a config drive without a config disk: %s", args)
 	}
 }
+
+// TestMemoryFileArgs: a booted VM with a RAM file maps it shared, under
+// QEMU's own RAM name; a restore maps the snapshot's privately and does not
+// load the kernel; a VM without a file has QEMU's default RAM.
+func TestMemoryFileArgs(t *testing.T) {
+	d := qemu.New()
+	spec := vmm.Spec{VCPUs: 1, MemoryMiB: 256, Kernel: "/img/vmlinuz", Initrd: "/img/initrd", RootDisk: "/vms/a/rootfs.qcow2", ControlSocket: "s", LogPath: "l"}
+	args := strings.Join(d.Args(spec, "tcg", false), " ")
+	if strings.Contains(args, "memory-backend") || !strings.Contains(args, "-kernel /img/vmlinuz") || !strings.Contains(args, "-initrd /img/initrd") {
+		t.Fatalf("plain boot: %s", args)
+	}
+	spec.MemoryFile = "/vms/a/memory.ram"
+	args = strings.Join(d.Args(spec, "tcg", false), " ")
+	for _, want := range []string{
+		"-machine q35,memory-backend=pc.ram ",
+		"-object memory-backend-file,id=pc.ram,x-use-canonical-path-for-ramblock-id=off,size=256M,mem-path=/vms/a/memory.ram,share=on",
+		"-kernel /img/vmlinuz",
+	} {
+		if !strings.Contains(args, want) {
+			t.Fatalf("boot with a ram file: args %s, want %q", args, want)
+		}
+	}
+	spec.MemoryFile = "/snap/memory.ram"
+	spec.Restore = &vmm.RestoreSpec{Dir: "/snap"}
+	args = strings.Join(d.Args(spec, "tcg", false), " ")
+	if !strings.Contains(args, "mem-path=/snap/memory.ram,share=off") || strings.Contains(args, "-kernel") || strings.Contains(args, "-initrd") {
+		t.Fatalf("restore with a ram file: %s", args)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,9 +106,26 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 	if accel == "kvm" {
 		cpu = "host"
 	}
+	machine := cmp.Or(d.Machine, Machine)
+	var memory []string
+	if spec.MemoryFile != "" {
+		// The RAM is the file: shared while a booted guest runs (its
+		// writes land in the file, which a snapshot then keeps),
+		// private when restoring (the snapshot's file, copy-on-write).
+		// The backend is named as QEMU's default RAM ("pc.ram", not
+		// "/objects/pc.ram"), so the migration stream names the same RAM
+		// block as a VM without the file: snapshots go either way.
+		share := "on"
+		if spec.Restore != nil {
+			share = "off"
+		}
+		machine += ",memory-backend=" + ramBackend
+		memory = []string{"-object", "memory-backend-file,id=" + ramBackend + ",x-use-canonical-path-for-ramblock-id=off" +
+			",size=" + strconv.Itoa(spec.MemoryMiB) + "M,mem-path=" + spec.MemoryFile + ",share=" + share}
+	}
 	args := []string{
 		"-name", "guest=" + spec.Name,
-		"-machine", cmp.Or(d.Machine, Machine), "-accel", accel, "-cpu", cpu,
+		"-machine", machine, "-accel", accel, "-cpu", cpu,
 		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.Itoa(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		// A guest reboot (Ctrl-Alt-Del, panic) ends the process, as with Firecracker.
@@ -119,8 +137,6 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 		// never straight to a file a guest could fill.
 		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
-		"-kernel", spec.Kernel,
-		"-append", strings.TrimSpace("console=ttyS0 " + spec.KernelArgs),
 		// A qcow2 overlay's backing file (the image) is opened read-only by
 		// QEMU and never reopened writable: banger runs no block jobs.
 		"-drive", "file=" + spec.RootDisk + ",if=none,id=root,format=" + cmp.Or(spec.RootDiskFormat, "raw") + ",discard=unmap",
@@ -128,14 +144,20 @@ func (d *Driver) Args(spec vmm.Spec, accel string, vsock bool) []string {
 		"-object", "rng-random,id=rng,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng",
 	}
+	args = append(args, memory...)
 	if spec.ConfigDisk != "" {
 		// After the root, so the root stays vda; read-only to the guest.
 		args = append(args,
 			"-drive", "file="+spec.ConfigDisk+",if=none,id=cfg,format=raw,readonly=on",
 			"-device", "virtio-blk-pci,drive=cfg,serial=banger-config")
 	}
-	if spec.Initrd != "" {
-		args = append(args, "-initrd", spec.Initrd)
+	if spec.Restore == nil {
+		// A restored guest is past its boot: QEMU need not read the
+		// kernel (the snapshot's meta has checked it is the same one).
+		args = append(args, "-kernel", spec.Kernel, "-append", strings.TrimSpace("console=ttyS0 "+spec.KernelArgs))
+		if spec.Initrd != "" {
+			args = append(args, "-initrd", spec.Initrd)
+		}
 	}
 	if spec.Tap != "" {
 		args = append(args,
@@ -176,8 +198,23 @@ func (d *Driver) Launch(ctx context.Context, spec vmm.Spec) (vmm.Process, error)
 		}
 	}
 	if spec.Restore != nil {
-		if err := d.restoreMeta(spec, info.Features.Vsock && spec.VsockCID >= 3); err != nil {
+		meta, err := d.restoreMeta(spec, info.Features.Vsock && spec.VsockCID >= 3)
+		if err != nil {
 			return vmm.Process{}, err
+		}
+		spec.MemoryFile = ""
+		if meta.MemoryFile != "" {
+			spec.MemoryFile = filepath.Join(spec.Restore.Dir, meta.MemoryFile)
+		}
+	} else if spec.MemoryFile != "" {
+		// Made here with its mode set, not by QEMU under its umask: it
+		// holds the guest's memory.
+		f, err := os.OpenFile(spec.MemoryFile, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return vmm.Process{}, fmt.Errorf("qemu: guest ram file: %w", err)
+		}
+		if err := f.Close(); err != nil {
+			return vmm.Process{}, fmt.Errorf("qemu: guest ram file: %w", err)
 		}
 	}
 	proc, err := vmm.SpawnFor(spec, info.Binary, d.Args(spec, info.Accel, info.Features.Vsock))
@@ -226,8 +263,15 @@ func (d *Driver) Shutdown(ctx context.Context, spec vmm.Spec) error {
 	return nil
 }
 
-// Cleanup removes the QMP socket and the guest agent's socket.
+// Cleanup removes the QMP socket, the guest agent's socket and the guest's
+// RAM file (a booted VM's; a restored VM maps its snapshot's, which is not
+// in its spec).
 func (d *Driver) Cleanup(_ context.Context, spec vmm.Spec) error {
+	if spec.MemoryFile != "" && spec.Restore == nil {
+		if err := os.Remove(spec.MemoryFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("qemu: remove guest ram file: %w", err)
+		}
+	}
 	if spec.ControlSocket != "" {
 		if err := os.Remove(spec.ControlSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("qemu: remove qmp socket: %w", err)

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -18,13 +20,22 @@ import (
 )
 
 var (
-	_ vmm.Pauser      = (*Driver)(nil)
-	_ vmm.Snapshotter = (*Driver)(nil)
+	_ vmm.Pauser                = (*Driver)(nil)
+	_ vmm.MemoryFileSnapshotter = (*Driver)(nil)
 )
 
-// StateFile is the snapshot's one state file: QEMU's migration stream (RAM
-// and every device's state) as QMP migrate writes it.
+// StateFile is the snapshot's state file: QEMU's migration stream (RAM
+// and every device's state) as QMP migrate writes it; without the RAM when
+// the snapshot has a MemoryFile.
 const StateFile = "state.qemu"
+
+// MemoryFile is the guest's RAM in a snapshot saved with
+// SaveSnapshotMovingMemory.
+const MemoryFile = "memory.ram"
+
+// ramBackend is the id of the memory backend of a VM whose RAM is a file:
+// QEMU's own name for the RAM of a pc/q35 machine.
+const ramBackend = "pc.ram"
 
 // SnapshotTimeout bounds saving or loading a snapshot (the context may
 // bound it further). Under TCG a 1 GiB guest saves in a few seconds.
@@ -72,6 +83,22 @@ func status(mon *qmp.SocketMonitor) (string, error) {
 // a shell). The VM is left in QEMU's "postmigrate" state: paused, and
 // Resume restarts it.
 func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (vmm.SnapshotMeta, error) {
+	return d.save(ctx, spec, dir, false)
+}
+
+// SaveSnapshotMovingMemory saves a VM booted with spec.MemoryFile: QEMU's
+// x-ignore-shared capability leaves the shared RAM out of the state file
+// (a few hundred KiB of device state and firmware remain), and the RAM
+// file, flushed, is moved into dir as MemoryFile. The VM must then be
+// ended, never resumed.
+func (d *Driver) SaveSnapshotMovingMemory(ctx context.Context, spec vmm.Spec, dir string) (vmm.SnapshotMeta, error) {
+	if spec.MemoryFile == "" {
+		return vmm.SnapshotMeta{}, errdefs.FailedPrecondition("qemu: snapshot: the vm was not booted with its ram in a file")
+	}
+	return d.save(ctx, spec, dir, true)
+}
+
+func (d *Driver) save(ctx context.Context, spec vmm.Spec, dir string, moveMemory bool) (vmm.SnapshotMeta, error) {
 	started := time.Now()
 	info := d.Probe(ctx)
 	meta, err := vmm.NewSnapshotMeta(vmm.KindQEMU, cmp.Or(d.Machine, Machine), spec, info.Features.Vsock && spec.VsockCID >= 3)
@@ -109,6 +136,10 @@ func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (v
 		if err := command(mon, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
 			return err
 		}
+		// Set either way: a VMM keeps capabilities between migrations.
+		if err := setIgnoreShared(mon, moveMemory); err != nil {
+			return err
+		}
 		if err := commandWithFile(mon, "getfd", map[string]any{"fdname": migrationFD}, f); err != nil {
 			return err
 		}
@@ -134,6 +165,20 @@ func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (v
 	}
 	meta.Files = []string{StateFile}
 	meta.SizeBytes = fi.Size()
+	if moveMemory {
+		n, err := moveMemoryFile(spec.MemoryFile, filepath.Join(dir, MemoryFile))
+		if err != nil {
+			return meta, fmt.Errorf("qemu: snapshot: %w", err)
+		}
+		defer func() {
+			if !ok { // back where the VM's spec says it is
+				_ = os.Rename(filepath.Join(dir, MemoryFile), spec.MemoryFile)
+			}
+		}()
+		meta.Files = append(meta.Files, MemoryFile)
+		meta.MemoryFile = MemoryFile
+		meta.SizeBytes += n
+	}
 	meta.Created = time.Now().UTC()
 	meta.SaveSeconds = time.Since(started).Seconds()
 	if err := vmm.WriteSnapshotMeta(dir, meta); err != nil {
@@ -141,6 +186,39 @@ func (d *Driver) SaveSnapshot(ctx context.Context, spec vmm.Spec, dir string) (v
 	}
 	ok = true
 	return meta, nil
+}
+
+// setIgnoreShared turns QEMU's x-ignore-shared migration capability on or
+// off: on, a migration leaves out RAM mapped shared from a file.
+func setIgnoreShared(mon *qmp.SocketMonitor, on bool) error {
+	return command(mon, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
+	}, nil)
+}
+
+// moveMemoryFile flushes a paused guest's RAM file and moves it to dst (in
+// the same file system: the state dir), returning the bytes it takes on
+// disk.
+func moveMemoryFile(src, dst string) (int64, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return 0, fmt.Errorf("guest ram file: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("guest ram file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("guest ram file: %w", err)
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return 0, fmt.Errorf("guest ram file: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512, nil
+	}
+	return fi.Size(), nil
 }
 
 // waitMigration polls the migration's status until it completes, fails or
@@ -173,19 +251,23 @@ func waitMigration(ctx context.Context, mon *qmp.SocketMonitor, query string) er
 
 // restoreMeta checks, before anything starts, that the snapshot spec
 // restores from was taken with this VM's driver, shape and kernel.
-func (d *Driver) restoreMeta(spec vmm.Spec, vsock bool) error {
+func (d *Driver) restoreMeta(spec vmm.Spec, vsock bool) (vmm.SnapshotMeta, error) {
 	vm, err := vmm.NewSnapshotMeta(vmm.KindQEMU, cmp.Or(d.Machine, Machine), spec, vsock)
 	if err != nil {
-		return errdefs.FailedPrecondition("qemu: %w", err)
+		return vm, errdefs.FailedPrecondition("qemu: %w", err)
 	}
 	snap, err := vmm.CheckRestoreDir(spec.Restore.Dir, vm)
 	if err != nil {
-		return fmt.Errorf("qemu: restore: %w", err)
+		return snap, fmt.Errorf("qemu: restore: %w", err)
 	}
-	if len(snap.Files) != 1 || snap.Files[0] != StateFile {
-		return errdefs.FailedPrecondition("qemu: restore: snapshot in %q lists files %q, want [%q]", spec.Restore.Dir, snap.Files, StateFile)
+	want := []string{StateFile}
+	if snap.MemoryFile != "" {
+		want = append(want, MemoryFile)
 	}
-	return nil
+	if !slices.Equal(snap.Files, want) || (snap.MemoryFile != "" && snap.MemoryFile != MemoryFile) {
+		return snap, errdefs.FailedPrecondition("qemu: restore: snapshot in %q lists files %q (memory file %q), want %q", spec.Restore.Dir, snap.Files, snap.MemoryFile, want)
+	}
+	return snap, nil
 }
 
 // loadSnapshot feeds the snapshot's state file to a QEMU started with
@@ -200,6 +282,11 @@ func (d *Driver) loadSnapshot(ctx context.Context, spec vmm.Spec) error {
 	ctx, cancel := context.WithTimeout(ctx, SnapshotTimeout)
 	defer cancel()
 	return d.session(ctx, spec, func(mon *qmp.SocketMonitor) error {
+		// The stream of a snapshot with a memory file has no RAM: the
+		// capability must match the saving side's.
+		if err := setIgnoreShared(mon, spec.MemoryFile != ""); err != nil {
+			return err
+		}
 		if err := commandWithFile(mon, "getfd", map[string]any{"fdname": migrationFD}, f); err != nil {
 			return err
 		}

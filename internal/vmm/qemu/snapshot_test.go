@@ -2,6 +2,7 @@ package qemu_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -245,6 +246,144 @@ func TestPauseSnapshotRestore(t *testing.T) {
 	if out, err := exec.Command("e2fsck", "-fn", clone).CombinedOutput(); err != nil {
 		t.Fatalf("clone not clean after the restored guest's graceful stop: %v\n%s", err, out)
 	}
+}
+
+// TestSnapshotMovingMemory: a VM booted with its RAM in a file (mode 0600,
+// made by the driver) is snapshotted without its RAM going through the
+// state file: the file is moved into the snapshot. Two VMs restored from
+// it at once each go on counting from the snapshot's instant, while the
+// file stays as it was saved (each maps it copy-on-write). A snapshot
+// whose meta names another memory file is refused. Cleanup removes the RAM
+// file of a booted VM that was not snapshotted.
+func TestSnapshotMovingMemory(t *testing.T) {
+	img := testImage(t)
+	d := qemu.New()
+	ctx := context.Background()
+	spec := vmSpec(t, img)
+	spec.MemoryFile = filepath.Join(spec.VMDir, "memory.ram")
+	addTicker(t, spec.RootDisk)
+	p := launch(t, d, spec)
+	fi, err := os.Stat(spec.MemoryFile)
+	if err != nil {
+		t.Fatalf("guest ram file: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("guest ram file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if err := d.Boot(ctx, spec); err != nil {
+		t.Fatalf("Boot: %v", err)
+	}
+	if err := waitTick(spec, p, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Pause(ctx, spec); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	atSave := lastTick(spec)
+	snapDir := t.TempDir()
+	meta, err := d.SaveSnapshotMovingMemory(ctx, spec, snapDir)
+	if err != nil {
+		t.Fatalf("SaveSnapshotMovingMemory: %v", err)
+	}
+	killVM(t, p)
+	if meta.MemoryFile != qemu.MemoryFile || !slices.Equal(meta.Files, []string{qemu.StateFile, qemu.MemoryFile}) {
+		t.Fatalf("meta files %q, memory file %q", meta.Files, meta.MemoryFile)
+	}
+	if _, err := os.Stat(spec.MemoryFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the guest ram file is still where the vm had it: %v", err)
+	}
+	state, err := os.Stat(filepath.Join(snapDir, qemu.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ram := filepath.Join(snapDir, qemu.MemoryFile)
+	mem, err := os.Stat(ram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := mem.Sys().(*syscall.Stat_t).Blocks * 512
+	t.Logf("state file %d bytes, memory file %d bytes allocated, saved in %.3fs", state.Size(), allocated, meta.SaveSeconds)
+	// The guest's RAM is in the memory file, not in the state file.
+	if state.Size() > 4<<20 || allocated < 8<<20 {
+		t.Fatalf("state file %d bytes and memory file %d bytes: the ram was not left out of the state", state.Size(), allocated)
+	}
+	if mem.Mode().Perm() != 0o600 {
+		t.Fatalf("snapshot memory file mode %v, want 0600", mem.Mode().Perm())
+	}
+	before := fileSum(t, ram)
+
+	// Two restores of the one snapshot run at once.
+	var restores []vmm.Spec
+	var procs []vmm.Process
+	for range 2 {
+		r := vmSpec(t, img)
+		copyFile(t, spec.RootDisk, r.RootDisk)
+		r.Restore = &vmm.RestoreSpec{Dir: snapDir}
+		restores = append(restores, r)
+		procs = append(procs, launch(t, d, r))
+	}
+	for i, r := range restores {
+		if err := d.Boot(ctx, r); err != nil {
+			t.Fatalf("Boot of restore %d: %v", i, err)
+		}
+	}
+	for i, r := range restores {
+		if err := waitTick(r, procs[i], atSave+3); err != nil {
+			t.Fatalf("restore %d: %v", i, err)
+		}
+		if got := ticks(r); got[0] != atSave+1 {
+			t.Fatalf("restore %d's first tick is %d, want %d", i, got[0], atSave+1)
+		}
+	}
+	for _, rp := range procs {
+		killVM(t, rp)
+	}
+	if after := fileSum(t, ram); after != before {
+		t.Fatal("the snapshot's memory file changed while restored guests ran")
+	}
+
+	// A meta that names another memory file is refused, and starts nothing.
+	metaPath := filepath.Join(snapDir, vmm.SnapshotMetaFile)
+	raw, err := os.ReadFile(metaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["memory_file"] = "../memory.ram"
+	bad, _ := json.Marshal(m)
+	if err := os.WriteFile(metaPath, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := vmSpec(t, img)
+	r.Restore = &vmm.RestoreSpec{Dir: snapDir}
+	if _, err := d.Launch(ctx, r); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("restore with memory file ../memory.ram: err = %v, want failed precondition", err)
+	}
+	assertNoQEMU(t, r)
+
+	// A booted VM's ram file goes with Cleanup.
+	other := vmSpec(t, img)
+	other.MemoryFile = filepath.Join(other.VMDir, "memory.ram")
+	op := launch(t, d, other)
+	killVM(t, op)
+	if err := d.Cleanup(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(other.MemoryFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("guest ram file left after Cleanup: %v", err)
+	}
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
 }
 
 // TestGenerationID: the vmgenid device takes the spec's GUID; anything
