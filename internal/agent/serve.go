@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,38 +74,73 @@ func findSerialPort() string {
 // waitReadable waits until the host has written to the port. The agent
 // speaks only after the host (whose SSH client sends its version line at
 // once): what it wrote with no host connected would be lost, and the host
-// would wait for a version line that never comes. A port with no host
-// polls as hung up; it is polled again after a short sleep.
+// would wait for a version line that never comes.
+//
+// A port with no host polls as hung up at once (level-triggered), so the
+// wait is edge-triggered: the kernel's virtio console driver wakes the
+// port's waiters when the host connects and when data comes, and an
+// EPOLLET registration reports each such wake-up once. A restored guest's
+// agent, waiting here with no host, so answers the new host as soon as it
+// writes, not after a sleep. Every retryDelay the port is polled anyway,
+// in case a wake-up was missed.
 func waitReadable(ctx context.Context, f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	defer unix.Close(ep)
+	var ctlErr error
+	if err := rc.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLET, Fd: int32(fd)}
+		ctlErr = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, int(fd), &ev)
+	}); err != nil {
+		return err
+	}
+	if ctlErr != nil {
+		return fmt.Errorf("epoll %s: %w", f.Name(), ctlErr)
+	}
+	events := make([]unix.EpollEvent, 1)
 	for ctx.Err() == nil {
-		var ready bool
-		var pollErr error
-		if err := rc.Control(func(fd uintptr) {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			n, err := unix.Poll(fds, int(retryDelay/time.Millisecond))
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				pollErr = err
-				return
-			}
-			ready = n > 0 && fds[0].Revents&unix.POLLIN != 0
-			if n > 0 && !ready {
-				time.Sleep(retryDelay) // hung up: no host yet
-			}
-		}); err != nil {
-			return err
+		n, err := unix.EpollWait(ep, events, int(retryDelay/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("epoll wait %s: %w", f.Name(), err)
 		}
-		if pollErr != nil {
-			return fmt.Errorf("poll %s: %w", f.Name(), pollErr)
-		}
-		if ready {
+		if n > 0 && events[0].Events&unix.EPOLLIN != 0 {
 			return nil
+		}
+		if n == 0 { // no wake-up for a while: look for ourselves
+			ready, err := readable(rc)
+			if err != nil {
+				return fmt.Errorf("poll %s: %w", f.Name(), err)
+			}
+			if ready {
+				return nil
+			}
 		}
 	}
 	return ctx.Err()
+}
+
+// readable polls the port once, without waiting.
+func readable(rc syscall.RawConn) (bool, error) {
+	var ready bool
+	var pollErr error
+	if err := rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			pollErr = err
+			return
+		}
+		ready = n > 0 && fds[0].Revents&unix.POLLIN != 0
+	}); err != nil {
+		return false, err
+	}
+	return ready, pollErr
 }
 
 // ServeListener serves every connection ln accepts (vsock), each on its

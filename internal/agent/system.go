@@ -83,8 +83,34 @@ func (h HostSystem) fixHosts(name string) error {
 	return writeFileAtomic("/etc/hosts", []byte(strings.Join(out, "\n")+"\n"), 0o644)
 }
 
-func (HostSystem) SetMachineID(id string) error {
-	return writeFileAtomic("/etc/machine-id", []byte(id+"\n"), 0o444)
+func (h HostSystem) SetMachineID(id string) error {
+	old, _ := os.ReadFile("/etc/machine-id")
+	if err := writeFileAtomic("/etc/machine-id", []byte(id+"\n"), 0o444); err != nil {
+		return err
+	}
+	linkJournal(h.Logger, journalDirs, strings.TrimSpace(string(old)), id)
+	return nil
+}
+
+// journalDirs are where systemd-journald keeps a dir per machine ID.
+var journalDirs = []string{"/var/log/journal", "/run/log/journal"}
+
+// linkJournal makes the journal of machine ID old readable under the new
+// one: a running journald (a restored guest's) keeps writing to the dir of
+// the ID it started with, and journalctl reads the dir of the current ID.
+// A later boot's journald then writes through the link into the same dir.
+func linkJournal(logger *slog.Logger, dirs []string, old, id string) {
+	if old == "" || old == id || !machineIDRE.MatchString(old) {
+		return
+	}
+	for _, dir := range dirs {
+		if fi, err := os.Stat(filepath.Join(dir, old)); err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := os.Symlink(old, filepath.Join(dir, id)); err != nil && !errors.Is(err, os.ErrExist) {
+			logger.Warn("journal of the old machine id not linked", "dir", dir, "err", err)
+		}
+	}
 }
 
 func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error {

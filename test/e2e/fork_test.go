@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -208,6 +209,21 @@ func testForks(t *testing.T, d *daemon) {
 	}
 	if vms := d.listVMs(); len(vms) != 0 {
 		t.Fatalf("image warm left its template vm: %+v", vms)
+	}
+	if vmmKind() == "qemu" {
+		// The template's RAM was a file, which the snapshot kept: its
+		// state file holds the devices only, and warm starts map the file.
+		state, err := os.Stat(filepath.Join(warm.Dir, "state.qemu"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem, err := os.Stat(filepath.Join(warm.Dir, "memory.ram"))
+		if err != nil {
+			t.Fatalf("warm snapshot without its memory file: %v", err)
+		}
+		if state.Size() > 4<<20 || mem.Size() != 512<<20 || mem.Mode().Perm() != 0o600 {
+			t.Fatalf("warm snapshot: state file %d bytes, memory file %d bytes mode %v", state.Size(), mem.Size(), mem.Mode().Perm())
+		}
 	}
 	out := d.must("vm", "run", "--rm", "--cpus", "1", "--memory", "512M", "--vmm", vmmKind(), "--", "sh", "-c", "hostname; pgrep -c -x sshd >/dev/null && echo sshd")
 	if lines := strings.Fields(out); len(lines) != 2 || !strings.HasPrefix(lines[0], "run-") || lines[1] != "sshd" {
