@@ -37,11 +37,15 @@ func newSerialClient(ctx context.Context, logger *slog.Logger, c net.Conn) (*Cli
 		sctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
 		defer cancel()
 	}
+	t0 := time.Now()
 	if err := syncHost(sctx, c); err != nil {
 		c.Close()
 		return nil, err
 	}
-	return NewClient(ctx, logger, c)
+	t1 := time.Now()
+	cl, err := NewClient(ctx, logger, c)
+	logger.Debug("guest agent serial connection", "sync_ms", t1.Sub(t0).Milliseconds(), "handshake_ms", time.Since(t1).Milliseconds(), "err", err)
+	return cl, err
 }
 
 // QEMUArgs are the QEMU arguments that give the guest banger's
