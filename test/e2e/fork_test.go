@@ -98,6 +98,11 @@ func testForks(t *testing.T, d *daemon) {
 		if gw := gatewayOf(t, v.GuestIP); !strings.Contains(f[4], "via "+gw) {
 			t.Fatalf("%s: default route %q, want via %s", vm, f[4], gw)
 		}
+		// journald kept writing where the template's machine id said;
+		// journalctl, which reads the new id's dir, still finds it.
+		if out := d.must("vm", "exec", vm, "--", "sudo", "journalctl", "-q", "-n", "1", "--no-pager"); strings.TrimSpace(out) == "" || strings.Contains(out, "No entries") {
+			t.Fatalf("%s: journalctl finds no journal: %q", vm, out)
+		}
 		if !strings.HasPrefix(f[5], v.HostKey) {
 			t.Fatalf("%s: the guest's host key %q is not the pinned %q", vm, f[5], v.HostKey)
 		}
