@@ -138,20 +138,14 @@ func (h HostSystem) ConfigureNetwork(n NetworkIdentity, dns []netip.Addr) error 
 			return err
 		}
 		macAt := time.Now()
-		if err := netlink.LinkSetDown(link); err != nil {
-			return fmt.Errorf("%s down: %w", link.Attrs().Name, err)
-		}
-		if err := netlink.LinkSetHardwareAddr(link, newMAC); err != nil {
-			return fmt.Errorf("%s set mac: %w", link.Attrs().Name, err)
+		if err := setMAC(link, newMAC); err != nil {
+			return err
 		}
 		mac = newMAC
-		// Up again: systemd-networkd looks at the link anew, finds that no
-		// .network file matches its new MAC and lets it go, removing what
-		// it had configured. That must be over before the new address is
-		// given: it could be the same (a fork given its template's IP).
-		if err := netlink.LinkSetUp(link); err != nil {
-			return fmt.Errorf("%s up: %w", link.Attrs().Name, err)
-		}
+		// systemd-networkd sees the new MAC, finds that no .network file
+		// matches it and lets the link go, removing what it had
+		// configured. That must be over before the new address is given:
+		// it could be the same (a fork given its template's IP).
 		waited := time.Now()
 		h.waitNetworkdLetGo(link.Attrs().Index)
 		h.Logger.Info("identity: new mac set; systemd-networkd let go of the link", "mac_ms", waited.Sub(macAt).Milliseconds(), "networkd_ms", time.Since(waited).Milliseconds())
@@ -418,6 +412,30 @@ const networkdLinks = "/run/systemd/netif/links"
 
 // networkdWait bounds the wait for systemd-networkd to let go of a link.
 const networkdWait = 3 * time.Second
+
+// setMAC gives link a new MAC: while it is up where the driver allows it
+// (virtio-net does: no carrier lost, nothing for the guest to redo), else
+// down, changed, up again.
+func setMAC(link netlink.Link, mac net.HardwareAddr) error {
+	name := link.Attrs().Name
+	err := netlink.LinkSetHardwareAddr(link, mac)
+	if err == nil || !errors.Is(err, unix.EBUSY) {
+		if err != nil {
+			return fmt.Errorf("%s set mac: %w", name, err)
+		}
+		return nil
+	}
+	if err := netlink.LinkSetDown(link); err != nil {
+		return fmt.Errorf("%s down: %w", name, err)
+	}
+	if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+		return fmt.Errorf("%s set mac: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%s up: %w", name, err)
+	}
+	return nil
+}
 
 // waitNetworkdLetGo waits until systemd-networkd, if it manages the link
 // with index ifindex, has noticed that the link's new MAC matches none of
