@@ -10,14 +10,10 @@ import (
 	"github.com/banger-vm/banger/internal/layout"
 )
 
-// daemonFlags parses args as `banger daemon` would and applies the config.
+// daemonFlags parses args as bangerd would and applies the config.
 func daemonFlags(t *testing.T, args ...string) (*cobra.Command, *globals, error) {
 	t.Helper()
-	root := newRoot()
-	cmd, _, err := root.Find([]string{"daemon"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cmd := newRoot()
 	if err := cmd.ParseFlags(args); err != nil {
 		t.Fatal(err)
 	}
