@@ -97,8 +97,8 @@ func TestCLIConformance(t *testing.T) {
 		{args: []string{"image", "list", "extra"}, code: 2, stderr: []string{"banger image list takes no arguments"}},
 		{args: []string{"image", "build", "a", "b"}, code: 2, stderr: []string{"banger image build", "accepts at most 1 arg(s), received 2"}},
 		{args: []string{"version", "extra"}, code: 2, stderr: []string{"banger version takes no arguments"}},
-		{args: []string{"doctor", "extra"}, code: 2, stderr: []string{"banger doctor takes no arguments"}},
-		{args: []string{"daemon", "extra"}, code: 2, stderr: []string{"banger daemon takes no arguments"}},
+		{args: []string{"doctor", "extra"}, code: 2, stderr: []string{"bangerd doctor takes no arguments"}},
+		{args: []string{"daemon", "extra"}, code: 2, stderr: []string{"bangerd takes no arguments"}},
 		// Unknown flags.
 		{args: []string{"vm", "list", "--bogus"}, code: 2, stderr: []string{"unknown flag: --bogus", "banger vm list --help"}},
 		{args: []string{"image", "show", "default", "--nope"}, code: 2, stderr: []string{"unknown flag: --nope"}},
