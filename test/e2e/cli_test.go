@@ -42,8 +42,13 @@ func (d *daemon) check(t *testing.T, c cliCase) {
 		}
 	}
 	if c.code != 0 {
-		// The error is printed once, on stderr, as one "banger: ..." line.
-		if n := strings.Count(r.stderr, "banger:"); n != 1 || !strings.HasPrefix(r.stderr, "banger: ") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		// The error is printed once, on stderr, as one "banger: ..." line
+		// ("bangerd: ..." from daemon and doctor, which exec bangerd).
+		prog := "banger"
+		if len(c.args) > 0 && (c.args[0] == "daemon" || c.args[0] == "doctor") {
+			prog = "bangerd"
+		}
+		if n := strings.Count(r.stderr, prog+":"); n != 1 || !strings.HasPrefix(r.stderr, prog+": ") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%s: want the error once on stderr, got %q", what, r.stderr)
 		}
 	}
