@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"time"
@@ -251,10 +252,12 @@ func newVMList(g *globals) *cobra.Command {
 				return err
 			}
 			if quiet {
+				// One write, not one per VM.
+				w := bufio.NewWriter(cmd.OutOrStdout())
 				for _, v := range vms {
-					fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+					fmt.Fprintln(w, v.ID)
 				}
-				return nil
+				return w.Flush()
 			}
 			return renderVMs(cmd.OutOrStdout(), g.output, vms)
 		},
