@@ -21,7 +21,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-go build -o "$work/banger" ./cmd/banger
+go build -o "$work/" ./cmd/banger ./cmd/bangerd
 b=("$work/banger" --state-dir "$work/state" --runtime-dir "$work/run")
 "${b[@]}" daemon --no-network --log-file "$work/daemon.log" &
 pid=$!

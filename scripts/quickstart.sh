@@ -11,16 +11,17 @@ fi
 install_host_deps
 find_go
 
-echo "== build and install banger to /usr/local/bin" >&2
+echo "== build and install banger (the CLI) and bangerd (the daemon) to /usr/local/bin" >&2
 commit=$(git rev-parse HEAD 2>/dev/null || true)
-CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/banger-vm/banger/internal/version.commit=${commit}" -o /usr/local/bin/banger ./cmd/banger
+# Static: bangerd installs itself in the images it builds as banger-agent.
+CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/banger-vm/banger/internal/version.commit=${commit}" -o /usr/local/bin/ ./cmd/banger ./cmd/bangerd
 
 state_dir=${BANGER_STATE_DIR:-/var/lib/banger}
 mkdir -p "$state_dir"
 if ! banger vm list >/dev/null 2>&1; then
   echo "== start the daemon" >&2
   if [ -d /run/systemd/system ]; then
-    # The unit runs `banger daemon` with its settings from the config file.
+    # The unit runs bangerd with its settings from the config file.
     if [ -n "${BANGER_STATE_DIR:-}" ] && [ ! -e /etc/banger/config.toml ]; then
       case $state_dir in *'"'*|*'\'*) echo "BANGER_STATE_DIR must not contain quotes or backslashes" >&2; exit 2 ;; esac
       install -d -m 0755 /etc/banger
@@ -31,7 +32,7 @@ if ! banger vm list >/dev/null 2>&1; then
     systemctl daemon-reload
     systemctl enable --now banger.service
   else
-    nohup banger daemon --log-file "$state_dir/daemon.log" >/dev/null 2>&1 &
+    nohup bangerd --log-file "$state_dir/daemon.log" >/dev/null 2>&1 &
   fi
   for _ in $(seq 1 100); do
     banger vm list >/dev/null 2>&1 && break

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -112,34 +113,34 @@ func TestRenderOpsAndImages(t *testing.T) {
 
 func TestExitCodes(t *testing.T) {
 	for err, want := range map[error]int{
-		errdefs.InvalidArgument("x"):    exitInvalidArgument,
-		errdefs.NotFound("x"):           exitNotFound,
-		errdefs.AlreadyExists("x"):      exitAlreadyExists,
-		errdefs.Conflict("x"):           exitAlreadyExists,
-		errdefs.FailedPrecondition("x"): exitFailedPrecondition,
-		errdefs.Unavailable("x"):        exitUnavailable,
-		errdefs.NotSupported("x"):       exitNotSupported,
-		errdefs.OutOfSpace("x"):         exitOutOfSpace,
-		errdefs.PermissionDenied("x"):   exitPermissionDenied,
-		errors.New("x"):                 exitInternal,
-		&exitError{code: 42}:            42,
+		errdefs.InvalidArgument("x"):    cli.ExitInvalidArgument,
+		errdefs.NotFound("x"):           cli.ExitNotFound,
+		errdefs.AlreadyExists("x"):      cli.ExitAlreadyExists,
+		errdefs.Conflict("x"):           cli.ExitAlreadyExists,
+		errdefs.FailedPrecondition("x"): cli.ExitFailedPrecondition,
+		errdefs.Unavailable("x"):        cli.ExitUnavailable,
+		errdefs.NotSupported("x"):       cli.ExitNotSupported,
+		errdefs.OutOfSpace("x"):         cli.ExitOutOfSpace,
+		errdefs.PermissionDenied("x"):   cli.ExitPermissionDenied,
+		errors.New("x"):                 cli.ExitInternal,
+		&cli.ExitError{Code: 42}:        42,
 	} {
-		if got := exitCode(err); got != want {
-			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)
+		if got := cli.ExitCode(err); got != want {
+			t.Errorf("cli.ExitCode(%v) = %d, want %d", err, got, want)
 		}
 	}
 }
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"512M": 512 << 20, "4G": 4 << 30, "1.5GiB": 3 << 29, "100B": 100, "2048": 2048 << 20, "1t": 1 << 40} {
-		got, err := parseSize(in, 1<<20)
+		got, err := cli.ParseSize(in, 1<<20)
 		if err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+			t.Errorf("cli.ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{"", "G", "-1G", "4X", "four", "1e30G"} {
-		if _, err := parseSize(bad, 1<<20); !errors.Is(err, errdefs.ErrInvalidArgument) {
-			t.Errorf("parseSize(%q) accepted", bad)
+		if _, err := cli.ParseSize(bad, 1<<20); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("cli.ParseSize(%q) accepted", bad)
 		}
 	}
 }
@@ -167,12 +168,12 @@ func TestCLIRejectsBadInputBeforeCallingTheDaemon(t *testing.T) {
 		{"vm", "create", "web", "--bogus"},
 	} {
 		_, err := run(t, args...)
-		if exitCode(err) != exitInvalidArgument {
-			t.Errorf("%v: err %v (exit %d), want invalid argument", args, err, exitCode(err))
+		if cli.ExitCode(err) != cli.ExitInvalidArgument {
+			t.Errorf("%v: err %v (exit %d), want invalid argument", args, err, cli.ExitCode(err))
 		}
 	}
 	// Well-formed input reaches for the daemon, which is not running.
-	if _, err := run(t, "vm", "create", "web", "--cpus", "1"); exitCode(err) != exitUnavailable {
+	if _, err := run(t, "vm", "create", "web", "--cpus", "1"); cli.ExitCode(err) != cli.ExitUnavailable {
 		t.Fatalf("no daemon: %v", err)
 	}
 }

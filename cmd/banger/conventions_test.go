@@ -14,16 +14,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 )
 
 // commands lists every command path of the CLI's tree ("vm start"...),
-// hidden ones (cobra's __complete) left out.
+// hidden ones (cobra's __complete) left out, and those that hand their
+// arguments to bangerd unread (daemon, doctor: bangerd's tests check them).
 func commands(t *testing.T) map[string]*cobra.Command {
 	t.Helper()
 	out := map[string]*cobra.Command{}
-	walk(newRoot(), func(c *cobra.Command) {
-		if c.Hidden {
+	cli.Walk(newRoot(), func(c *cobra.Command) {
+		if c.Hidden || c.DisableFlagParsing {
 			return
 		}
 		out[strings.TrimPrefix(strings.TrimPrefix(c.CommandPath(), "banger"), " ")] = c
@@ -43,17 +45,17 @@ func TestEveryCommandRefusesUnknownSubcommandsAndFlags(t *testing.T) {
 		if c.HasSubCommands() {
 			args := append(append([]string{}, base...), "frobnicate", "x")
 			out, err := run(t, args...)
-			if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), `unknown command "frobnicate"`) ||
+			if cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), `unknown command "frobnicate"`) ||
 				!strings.Contains(err.Error(), strings.TrimSpace("banger "+path)) {
-				t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), exitCode(err), err)
+				t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), cli.ExitCode(err), err)
 			}
 			if out != "" {
 				t.Errorf("banger %s printed %q", strings.Join(args, " "), out)
 			}
 		}
 		args := append(append([]string{}, base...), "--no-such-flag")
-		if _, err := run(t, args...); exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), "--no-such-flag") {
-			t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), exitCode(err), err)
+		if _, err := run(t, args...); cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), "--no-such-flag") {
+			t.Errorf("banger %s: exit %d, err %v", strings.Join(args, " "), cli.ExitCode(err), err)
 		}
 	}
 }
@@ -62,7 +64,7 @@ func TestEveryCommandRefusesUnknownSubcommandsAndFlags(t *testing.T) {
 // refuse a missing one and an extra one; the message names the usage.
 func TestArgumentCountsAreUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
-		{"vm", "list", "extra"}, {"image", "list", "extra"}, {"doctor", "extra"}, {"version", "extra"}, {"daemon", "extra"},
+		{"vm", "list", "extra"}, {"image", "list", "extra"}, {"version", "extra"},
 		{"vm", "create"}, {"vm", "create", "a", "b"}, {"vm", "show"}, {"vm", "show", "a", "b"}, {"vm", "start"},
 		{"vm", "stop"}, {"vm", "delete"}, {"vm", "logs"}, {"vm", "ops"}, {"vm", "ssh"}, {"vm", "exec", "a"},
 		{"vm", "cp", "a"}, {"image", "show"}, {"image", "delete"}, {"image", "import"}, {"image", "build", "a", "b"},
@@ -70,8 +72,8 @@ func TestArgumentCountsAreUsageErrors(t *testing.T) {
 		{"completion", "bash", "extra"}, {"--version", "extra"},
 	} {
 		_, err := run(t, args...)
-		if exitCode(err) != exitInvalidArgument {
-			t.Errorf("banger %s: exit %d (%v), want %d", strings.Join(args, " "), exitCode(err), err, exitInvalidArgument)
+		if cli.ExitCode(err) != cli.ExitInvalidArgument {
+			t.Errorf("banger %s: exit %d (%v), want %d", strings.Join(args, " "), cli.ExitCode(err), err, cli.ExitInvalidArgument)
 			continue
 		}
 		if !strings.Contains(err.Error(), "usage:") && !strings.Contains(err.Error(), "hint:") && args[0] != "--version" {
@@ -90,8 +92,8 @@ func TestUnknownSubcommandNamesTheClosest(t *testing.T) {
 		"help vm lst":         "did you mean 'banger vm list'?",
 	} {
 		_, err := run(t, strings.Fields(args)...)
-		if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), want) {
-			t.Errorf("banger %s: exit %d, %v; want %q", args, exitCode(err), err, want)
+		if cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), want) {
+			t.Errorf("banger %s: exit %d, %v; want %q", args, cli.ExitCode(err), err, want)
 		}
 	}
 }
@@ -149,7 +151,7 @@ func TestExitCodesMatchTheREADME(t *testing.T) {
 			t.Errorf("README's exit-code table lacks class %s", c)
 			continue
 		}
-		if got := exitCode(errdefs.New(c, "x")); got != want {
+		if got := cli.ExitCode(errdefs.New(c, "x")); got != want {
 			t.Errorf("class %s exits %d, README says %d", c, got, want)
 		}
 	}
@@ -191,8 +193,8 @@ func TestVMActionJSONForSeveralVMs(t *testing.T) {
 	}
 	out, stderr, err := exec("vm", "start", "a", "ghost", "-o", "json")
 	vms = nil
-	if exitCode(err) != exitNotFound || json.Unmarshal([]byte(out), &vms) != nil || len(vms) != 1 || !strings.Contains(stderr, `banger: ghost: vm "ghost" not found`) {
-		t.Fatalf("with a failure: exit %d %q %q", exitCode(err), out, stderr)
+	if cli.ExitCode(err) != cli.ExitNotFound || json.Unmarshal([]byte(out), &vms) != nil || len(vms) != 1 || !strings.Contains(stderr, `banger: ghost: vm "ghost" not found`) {
+		t.Fatalf("with a failure: exit %d %q %q", cli.ExitCode(err), out, stderr)
 	}
 	out, _, err = exec("vm", "start", "a", "b", "-q")
 	if err != nil || out != "a\nb\n" {

@@ -1,58 +1,20 @@
 package main
 
-import (
-	"fmt"
-	"io"
+import "github.com/spf13/cobra"
 
-	"github.com/spf13/cobra"
-
-	"github.com/banger-vm/banger/internal/doctor"
-)
-
-func newDoctorCommand(g *globals) *cobra.Command {
-	var bridge string
-	cmd := &cobra.Command{
-		Use:   "doctor",
+// newDoctorCommand runs `bangerd doctor` in this process's place: the
+// checks need the VMM drivers, which only the daemon links.
+func newDoctorCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor [flags]",
 		Short: "Check what banger needs from this host, with a fix for each problem",
 		Long: "Checks KVM, the VMM binaries, image-building tools, networking and the daemon's socket,\n" +
-			"and says which driver `auto` picks and why. Exits 5 when no VM can run here.",
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			r := doctor.Run(cmd.Context(), doctor.Options{Layout: g.layout, Drivers: g.drivers(g.layout), Bridge: bridge})
-			if err := renderDoctor(cmd.OutOrStdout(), g.output, r); err != nil {
-				return err
-			}
-			if !r.CanRunVMs {
-				return &exitError{code: exitFailedPrecondition}
-			}
-			return nil
+			"and says which driver `auto` picks and why. Exits 5 when no VM can run here.\n" +
+			"Runs `bangerd doctor` (found as for `banger daemon`) with the same arguments.",
+		Args:               cobra.ArbitraryArgs,
+		DisableFlagParsing: true, // bangerd doctor reads them (--bridge, -o)
+		RunE: func(_ *cobra.Command, args []string) error {
+			return execDaemon(append([]string{"doctor"}, args...))
 		},
 	}
-	cmd.Flags().StringVar(&bridge, "bridge", "banger0", "the daemon's bridge")
-	return cmd
-}
-
-func renderDoctor(w io.Writer, format string, r doctor.Report) error {
-	if format == "json" {
-		return writeJSON(w, r)
-	}
-	t := table(w)
-	for _, c := range r.Checks {
-		fmt.Fprintf(t, "%s\t%s\t%s\n", c.Status, c.Name, c.Detail)
-		if c.Hint != "" && c.Status != doctor.OK {
-			fmt.Fprintf(t, "\t\thint: %s\n", c.Hint)
-		}
-	}
-	if err := t.Flush(); err != nil {
-		return err
-	}
-	if r.CanRunVMs {
-		fmt.Fprintf(w, "\nVMs will run with %s (%s).\n", r.AutoVMM, r.AutoReason)
-		if r.AutoDisk != "" {
-			fmt.Fprintf(w, "Their root disks will be %s (%s).\n", r.AutoDisk, r.AutoDiskReason)
-		}
-	} else {
-		fmt.Fprintln(w, "\nNo VMM can run VMs on this host.")
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 )
 
 func newImageCommand(g *globals) *cobra.Command {
@@ -57,7 +58,7 @@ func newImageList(g *globals) *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List images",
-		Args:    noArgs,
+		Args:    cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ims, err := g.client().ListImages(cmd.Context())
 			if err != nil {
@@ -126,7 +127,7 @@ func newImageBuild(g *globals) *cobra.Command {
 				req.Name = args[0]
 			}
 			if size != "" {
-				b, err := parseSize(size, 1<<20)
+				b, err := cli.ParseSize(size, 1<<20)
 				if err != nil {
 					return err
 				}

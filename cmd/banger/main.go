@@ -1,86 +1,27 @@
 // Command banger manages Firecracker and QEMU microVMs through the banger
-// daemon; `banger daemon` is the daemon.
+// daemon (cmd/bangerd; `banger daemon` runs it). It links only the client
+// side: see TestCLILinksNoDaemon.
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"path/filepath"
-	"syscall"
-
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/client"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/layout"
-	"github.com/banger-vm/banger/internal/version"
-	"github.com/banger-vm/banger/internal/vmm"
 )
-
-// Exit codes, one per error class.
-const (
-	exitOK                 = 0
-	exitInternal           = 1
-	exitInvalidArgument    = 2
-	exitNotFound           = 3
-	exitAlreadyExists      = 4
-	exitFailedPrecondition = 5
-	exitUnavailable        = 6
-	exitNotSupported       = 7
-	exitOutOfSpace         = 8
-	exitPermissionDenied   = 9
-)
-
-// exitCode maps an error's class to the process exit code.
-func exitCode(err error) int {
-	var ee *exitError
-	if errors.As(err, &ee) {
-		return ee.code
-	}
-	switch errdefs.ClassOf(err) {
-	case errdefs.ClassInvalidArgument:
-		return exitInvalidArgument
-	case errdefs.ClassNotFound:
-		return exitNotFound
-	case errdefs.ClassAlreadyExists, errdefs.ClassConflict:
-		return exitAlreadyExists
-	case errdefs.ClassFailedPrecondition:
-		return exitFailedPrecondition
-	case errdefs.ClassUnavailable:
-		return exitUnavailable
-	case errdefs.ClassNotSupported:
-		return exitNotSupported
-	case errdefs.ClassOutOfSpace:
-		return exitOutOfSpace
-	case errdefs.ClassPermissionDenied:
-		return exitPermissionDenied
-	}
-	return exitInternal
-}
-
-// exitError carries an exit code that is not an error class (a guest
-// command's own exit status) and is not printed.
-type exitError struct{ code int }
-
-func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // globals are the flags every command shares.
 type globals struct {
 	layout layout.Layout
 	output string
-	// drivers builds the VMM drivers `banger doctor` checks (newDrivers;
-	// a test stands for a host where no VMM can run).
-	drivers func(layout.Layout) vmm.Registry
 }
 
 func (g *globals) client() *client.Client { return client.New(g.layout.ControlSocket()) }
 
 func newRoot() *cobra.Command {
-	return newRootWith(&globals{layout: layout.FromEnv(), drivers: newDrivers})
+	return newRootWith(&globals{layout: layout.FromEnv()})
 }
 
 // newRootWith builds the command tree around g, which holds the defaults
@@ -110,7 +51,7 @@ func newRootWith(g *globals) *cobra.Command {
 				}
 				return runVersion(cmd, g)
 			}
-			return runGroup(cmd, args)
+			return cli.RunGroup(cmd, args)
 		},
 	}
 	pf := root.PersistentFlags()
@@ -118,25 +59,11 @@ func newRootWith(g *globals) *cobra.Command {
 	pf.StringVar(&g.layout.RuntimeDir, "runtime-dir", g.layout.RuntimeDir, "runtime directory holding the control socket (env "+layout.EnvRuntimeDir+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.Flags().BoolVar(&showVersion, "version", false, "print the versions of this CLI and of the daemon (as `banger version`)")
-	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(g), newDoctorCommand(g), newVersionCommand(g), newLogPipeCommand())
-	applyConventions(root)
+	root.AddCommand(newVMCommand(g), newImageCommand(g), newDaemonCommand(), newDoctorCommand(), newVersionCommand(g))
+	cli.ApplyConventions(root)
 	return root
 }
 
 func main() {
-	// The image builder installs this binary in guests as banger-agent.
-	if filepath.Base(os.Args[0]) == agent.Program {
-		os.Exit(agent.Main(os.Args[1:], os.Stdout, os.Stderr, version.Get().Version))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRoot().ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		var ee *exitError
-		if !errors.As(err, &ee) {
-			fmt.Fprintln(os.Stderr, "banger:", err)
-		}
-		os.Exit(exitCode(err))
-	}
-	os.Exit(exitOK)
+	cli.Main("banger", newRoot())
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/banger-vm/banger/api"
 	"github.com/banger-vm/banger/errdefs"
-	"github.com/banger-vm/banger/internal/network"
+	"github.com/banger-vm/banger/internal/netpolicy"
 )
 
 // addNetworkFlags declares the network policy flags of create, run and set.
@@ -17,7 +17,7 @@ func addNetworkFlags(cmd *cobra.Command, p *api.NetworkPolicy) {
 	f.StringArrayVar(&p.Allow, "allow", nil, "let the guest reach CIDR[:PORT[-PORT][/tcp|/udp]], even a private range (repeatable)")
 	f.StringArrayVar(&p.Deny, "deny", nil, "never let the guest reach CIDR[:PORT[-PORT][/tcp|/udp]]; beats --allow (repeatable)")
 	f.StringArrayVar(&p.Networks, "network", nil, "join the named network: VMs sharing one reach each other (repeatable; default: isolated)")
-	_ = cmd.RegisterFlagCompletionFunc("egress", cobra.FixedCompletions([]cobra.Completion{network.EgressInternet, network.EgressNone}, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("egress", cobra.FixedCompletions([]cobra.Completion{netpolicy.EgressInternet, netpolicy.EgressNone}, cobra.ShellCompDirectiveNoFileComp))
 	for _, n := range []string{"allow", "deny", "network"} {
 		_ = cmd.RegisterFlagCompletionFunc(n, cobra.NoFileCompletions)
 	}
@@ -68,7 +68,7 @@ func newVMSet(g *globals) *cobra.Command {
 
 // netSummary is the policy line of `vm show`.
 func netSummary(p api.NetworkPolicy) string {
-	np, err := network.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
+	np, err := netpolicy.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
 	if err != nil {
 		return "invalid (" + err.Error() + ")"
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 )
 
 func TestVMShowPrintsTheNetworkPolicy(t *testing.T) {
@@ -33,11 +34,11 @@ func TestVMShowPrintsTheNetworkPolicy(t *testing.T) {
 // never reaches the daemon.
 func TestVMSetNeedsAFlag(t *testing.T) {
 	_, err := run(t, "vm", "set", "web")
-	if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), "--egress") {
-		t.Fatalf("vm set without flags: %v (exit %d)", err, exitCode(err))
+	if cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), "--egress") {
+		t.Fatalf("vm set without flags: %v (exit %d)", err, cli.ExitCode(err))
 	}
 	// With one it reaches for the daemon, which is not running.
-	if _, err := run(t, "vm", "set", "web", "--egress", "none"); exitCode(err) != exitUnavailable {
+	if _, err := run(t, "vm", "set", "web", "--egress", "none"); cli.ExitCode(err) != cli.ExitUnavailable {
 		t.Fatalf("no daemon: %v", err)
 	}
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -10,40 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/banger-vm/banger/api"
-	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 )
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// table aligns columns for w. tabwriter writes each cell and each run of
-// padding with its own Write: the buffer makes a 1000-row list one write to
-// the terminal, not some 18000 (a third of `vm list`'s CPU time at 1000 VMs).
-// Flush writes it all.
-func table(w io.Writer) *tableWriter {
-	buf := bufio.NewWriter(w)
-	return &tableWriter{Writer: tabwriter.NewWriter(buf, 0, 4, 2, ' ', 0), buf: buf}
-}
-
-type tableWriter struct {
-	*tabwriter.Writer
-	buf *bufio.Writer
-}
-
-func (t *tableWriter) Flush() error {
-	if err := t.Writer.Flush(); err != nil {
-		return err
-	}
-	return t.buf.Flush()
-}
 
 func short(id string) string {
 	if len(id) > 12 {
@@ -61,9 +30,9 @@ func dash(s string) string {
 
 func renderVMs(w io.Writer, format string, vms []api.VMSummary) error {
 	if format == "json" {
-		return writeJSON(w, vms)
+		return cli.WriteJSON(w, vms)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	fmt.Fprintln(t, "NAME\tID\tSTATE\tVMM\tVCPUS\tMEMORY\tIP\tIMAGE\tPID\tOWNER")
 	owners := map[int]string{} // one user lookup per owner, not per row
 	ownerName := func(uid int) string {
@@ -94,9 +63,9 @@ func ownerName(uid int) string {
 
 func renderVM(w io.Writer, format string, v api.VM) error {
 	if format == "json" {
-		return writeJSON(w, v)
+		return cli.WriteJSON(w, v)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
 	row("Name", v.Name)
 	row("ID", v.ID)
@@ -164,7 +133,7 @@ func renderVM(w io.Writer, format string, v api.VM) error {
 
 func renderOps(w io.Writer, format string, ops []api.Operation) error {
 	if format == "json" {
-		return writeJSON(w, ops)
+		return cli.WriteJSON(w, ops)
 	}
 	for i, op := range ops {
 		if i > 0 {
@@ -186,7 +155,7 @@ func renderOpDetail(w io.Writer, op api.Operation) error {
 	if op.Error != "" {
 		fmt.Fprintf(w, "    error: %s\n", op.Error)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	for _, st := range op.Stages {
 		at := "+" + st.At.Sub(op.StartedAt).Round(time.Millisecond).String()
 		fmt.Fprintf(t, "    %s\t%s\t%s\t%s\n", at, st.Name, st.Status, st.Detail)
@@ -196,9 +165,9 @@ func renderOpDetail(w io.Writer, op api.Operation) error {
 
 func renderImages(w io.Writer, format string, ims []api.Image) error {
 	if format == "json" {
-		return writeJSON(w, ims)
+		return cli.WriteJSON(w, ims)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	fmt.Fprintln(t, "NAME\tID\tROOTFS\tINITRD\tCREATED")
 	for _, im := range ims {
 		initrd := "no"
@@ -212,9 +181,9 @@ func renderImages(w io.Writer, format string, ims []api.Image) error {
 
 func renderImage(w io.Writer, format string, im api.Image) error {
 	if format == "json" {
-		return writeJSON(w, im)
+		return cli.WriteJSON(w, im)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
 	row("Name", im.Name)
 	row("ID", im.ID)
@@ -237,7 +206,7 @@ func renderImage(w io.Writer, format string, im api.Image) error {
 // renderManifest prints a built image's manifest; its package list is
 // counted, not listed (it has some 150 entries): -o json has every package.
 func renderManifest(w io.Writer, image string, m *api.ImageManifest) error {
-	t := table(w)
+	t := cli.Table(w)
 	row := func(k, val string) { fmt.Fprintf(t, "  %s:\t%s\n", k, val) }
 	row("Release", fmt.Sprintf("%s (%s)", m.Release, m.Mirror))
 	row("Kernel", fmt.Sprintf("%s (%s %s)", m.KernelVersion, m.KernelPackage, m.KernelPackageVersion))
@@ -265,33 +234,6 @@ func bytesIEC(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-// parseSize reads "512M", "4G", "1.5GiB", "100B" with binary units; a
-// bare number counts in defUnit.
-func parseSize(s string, defUnit int64) (int64, error) {
-	u := strings.ToUpper(strings.TrimSpace(s))
-	num := strings.TrimRightFunc(u, unicode.IsLetter)
-	var mult int64
-	switch u[len(num):] {
-	case "":
-		mult = defUnit
-	case "B":
-		mult = 1
-	case "K", "KB", "KIB":
-		mult = 1 << 10
-	case "M", "MB", "MIB":
-		mult = 1 << 20
-	case "G", "GB", "GIB":
-		mult = 1 << 30
-	case "T", "TB", "TIB":
-		mult = 1 << 40
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if mult == 0 || err != nil || f < 0 || f*float64(mult) > 1<<62 {
-		return 0, errdefs.InvalidArgument("%q is not a size (hint: e.g. 512M, 4G)", s)
-	}
-	return int64(f * float64(mult)), nil
 }
 
 // originSummary is vm show's Origin line: "warm start from snapshot

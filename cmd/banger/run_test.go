@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -70,7 +71,7 @@ func TestRunRmDeletesWhenStartFails(t *testing.T) {
 	const id = "0123456789abcdef0123456789abcdef"
 	check := func(t *testing.T, d *fakeDaemon, err error, wantExit int) {
 		t.Helper()
-		if got := exitCode(err); got != wantExit {
+		if got := cli.ExitCode(err); got != wantExit {
 			t.Errorf("exit %d (%v), want %d", got, err, wantExit)
 		}
 		created, deleted := d.calls()
@@ -89,7 +90,7 @@ func TestRunRmDeletesWhenStartFails(t *testing.T) {
 			json.NewEncoder(w).Encode(api.ErrorResponse{Error: api.Error{Class: string(errdefs.ClassFailedPrecondition), Message: "boom"}})
 		})
 		_, err := runCtx(context.Background(), dir, "vm", "run", "--rm", "web", "--", "true")
-		check(t, d, err, exitFailedPrecondition)
+		check(t, d, err, cli.ExitFailedPrecondition)
 	})
 
 	t.Run("interrupted during start", func(t *testing.T) {
@@ -107,7 +108,7 @@ func TestRunRmDeletesWhenStartFails(t *testing.T) {
 			}
 		}()
 		_, err := runCtx(ctx, dir, "vm", "run", "--rm", "web", "--", "true")
-		check(t, d, err, exitInternal)
+		check(t, d, err, cli.ExitInternal)
 	})
 }
 

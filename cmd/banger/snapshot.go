@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 )
 
 // Pause, resume, snapshots and restore (issue 12).
@@ -90,7 +91,7 @@ func newSnapshotList(g *globals) *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List snapshots",
-		Args:    noArgs,
+		Args:    cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sns, err := g.client().ListSnapshots(cmd.Context())
 			if err != nil {
@@ -169,9 +170,9 @@ func completeSnapshots(g *globals, max int) cobra.CompletionFunc {
 
 func renderSnapshots(w io.Writer, format string, sns []api.Snapshot) error {
 	if format == "json" {
-		return writeJSON(w, sns)
+		return cli.WriteJSON(w, sns)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	fmt.Fprintln(t, "NAME\tID\tKIND\tVM\tVMM\tVCPUS\tMEMORY\tSIZE\tCREATED")
 	for _, sn := range sns {
 		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n", sn.Name, short(sn.ID), dash(sn.Kind), sn.VMName, sn.VMM, sn.VCPUs, sn.MemoryMiB,
@@ -182,9 +183,9 @@ func renderSnapshots(w io.Writer, format string, sns []api.Snapshot) error {
 
 func renderSnapshot(w io.Writer, format string, sn api.Snapshot) error {
 	if format == "json" {
-		return writeJSON(w, sn)
+		return cli.WriteJSON(w, sn)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	row := func(k, val string) { fmt.Fprintf(t, "%s:\t%s\n", k, val) }
 	row("Name", sn.Name)
 	row("ID", sn.ID)
@@ -243,7 +244,7 @@ func newImageWarm(g *globals) *cobra.Command {
 		ValidArgsFunction: completeImages(g, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if memory != "" {
-				b, err := parseSize(memory, 1<<20)
+				b, err := cli.ParseSize(memory, 1<<20)
 				if err != nil {
 					return err
 				}

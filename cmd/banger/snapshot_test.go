@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/banger-vm/banger/cmd/internal/cli"
 )
 
 // TestSnapshotCommandsArgumentCounts: pause, resume, snapshot and restore
@@ -15,8 +17,8 @@ func TestSnapshotCommandsArgumentCounts(t *testing.T) {
 		{"vm", "snapshot", "show"}, {"vm", "snapshot", "delete"},
 	} {
 		_, err := run(t, args...)
-		if exitCode(err) != exitInvalidArgument || !strings.Contains(err.Error(), "usage:") {
-			t.Errorf("banger %s: exit %d (%v), want %d with the usage", strings.Join(args, " "), exitCode(err), err, exitInvalidArgument)
+		if cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), "usage:") {
+			t.Errorf("banger %s: exit %d (%v), want %d with the usage", strings.Join(args, " "), cli.ExitCode(err), err, cli.ExitInvalidArgument)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/guest"
@@ -66,7 +67,7 @@ func guestExit(code int) error {
 	if code == 0 {
 		return nil
 	}
-	return &exitError{code: code}
+	return &cli.ExitError{Code: code}
 }
 
 // runInVM runs argv on the VM (a shell with a pty when argv is empty):

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/version"
 )
@@ -19,7 +20,7 @@ func newVersionCommand(g *globals) *cobra.Command {
 		Short: "Print the versions and commits of this CLI and of the daemon, and the API version each speaks",
 		Long: "Print the versions and commits of this CLI and of the daemon, and the API version each speaks.\n" +
 			"The CLI's part is printed even when the daemon cannot be reached (exit 6 then).",
-		Args: noArgs,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runVersion(cmd, g) },
 	}
 }
@@ -52,9 +53,9 @@ func runVersion(cmd *cobra.Command, g *globals) error {
 
 func renderVersions(w io.Writer, format string, v api.Versions) error {
 	if format == "json" {
-		return writeJSON(w, v)
+		return cli.WriteJSON(w, v)
 	}
-	t := table(w)
+	t := cli.Table(w)
 	part := func(title string, p api.VersionInfo) {
 		fmt.Fprintf(t, "%s:\n", title)
 		fmt.Fprintf(t, "  Version:\t%s\n", p.Version)

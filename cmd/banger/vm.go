@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/api"
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/errdefs"
 )
 
@@ -82,7 +84,7 @@ func applyCreateFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk
 		return errdefs.InvalidArgument("--cpus %d: a VM needs at least one vCPU", req.VCPUs)
 	}
 	if memory != "" {
-		b, err := parseSize(memory, 1<<20)
+		b, err := cli.ParseSize(memory, 1<<20)
 		if err != nil {
 			return err
 		}
@@ -92,7 +94,7 @@ func applyCreateFlags(cmd *cobra.Command, req *api.CreateVMRequest, memory, disk
 		req.MemoryMiB = int(b >> 20)
 	}
 	if disk != "" {
-		b, err := parseSize(disk, 1<<20)
+		b, err := cli.ParseSize(disk, 1<<20)
 		if err != nil {
 			return err
 		}
@@ -120,7 +122,7 @@ func eachRef(cmd *cobra.Command, refs []string, fn func(ref string) error) error
 		if err := fn(ref); err != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "banger: %s: %v\n", ref, err)
 			if first == nil {
-				first = &exitError{code: exitCode(err)}
+				first = &cli.ExitError{Code: cli.ExitCode(err)}
 			}
 		}
 	}
@@ -158,7 +160,7 @@ func vmAction(g *globals, use, short string, do func(cmd *cobra.Command, ref str
 				return nil
 			})
 			if done != nil {
-				if jerr := writeJSON(cmd.OutOrStdout(), done); jerr != nil && err == nil {
+				if jerr := cli.WriteJSON(cmd.OutOrStdout(), done); jerr != nil && err == nil {
 					err = jerr
 				}
 			}
@@ -243,17 +245,19 @@ func newVMList(g *globals) *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List VMs",
-		Args:    noArgs,
+		Args:    cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			vms, err := g.client().ListVMs(cmd.Context())
 			if err != nil {
 				return err
 			}
 			if quiet {
+				// One write, not one per VM.
+				w := bufio.NewWriter(cmd.OutOrStdout())
 				for _, v := range vms {
-					fmt.Fprintln(cmd.OutOrStdout(), v.ID)
+					fmt.Fprintln(w, v.ID)
 				}
-				return nil
+				return w.Flush()
 			}
 			return renderVMs(cmd.OutOrStdout(), g.output, vms)
 		},

@@ -30,7 +30,7 @@ func (s *Service) BuildSpec(ctx context.Context, req api.BuildImageRequest) (bui
 	spec := build.Spec{Release: req.Release, Packages: req.Packages, SizeBytes: req.SizeBytes,
 		CacheDir: s.cfg.PackageCache, WorkDir: s.layout.TmpDir()}
 	// The daemon's own binary is banger-agent when called so (see
-	// cmd/banger's main): every image it builds gets the agent.
+	// cmd/bangerd's main): every image it builds gets the agent.
 	spec.AgentBinary = s.agentBinary()
 	if spec.CacheDir == "" {
 		spec.CacheDir = s.layout.PackageCache()

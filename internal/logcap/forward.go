@@ -18,7 +18,7 @@ import (
 
 // ForwarderCommand is the hidden banger subcommand that runs Forward:
 //
-//	banger _logpipe --cap BYTES FILE   (the pipe on stdin, the ready pipe on fd 3)
+//	bangerd _logpipe --cap BYTES FILE   (the pipe on stdin, the ready pipe on fd 3)
 const ForwarderCommand = "_logpipe"
 
 // pipeSize is asked of the kernel for the forwarder's pipe, so a burst of
@@ -41,7 +41,7 @@ const StartRoom = 64 << 10
 
 // ForwarderConfig says where a forwarder writes.
 type ForwarderConfig struct {
-	// Exe is the banger binary to re-execute; empty: /proc/self/exe (the
+	// Exe is the daemon's binary (bangerd) to re-execute; empty: /proc/self/exe (the
 	// running daemon's binary, even if the file was replaced since).
 	Exe string
 	// Path is the log file (its rotated half is Path.1).

@@ -5,7 +5,7 @@
 // marker says how much was lost once space comes back.
 //
 // A process that outlives the daemon (a VMM) writes through a forwarder:
-// the banger binary re-executed as `banger _logpipe`, reading a pipe that
+// the daemon's binary re-executed as `bangerd _logpipe`, reading a pipe that
 // is the VMM's stdout and stderr (see SpawnForwarder).
 package logcap
 

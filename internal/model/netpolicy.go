@@ -1,7 +1,7 @@
 package model
 
 // NetPolicy is what a VM's guest may reach (network isolation), as the
-// user gave it: internal/network parses and checks it (network.ParsePolicy).
+// user gave it: internal/netpolicy parses and checks it (netpolicy.ParsePolicy).
 // The zero value is the default: egress to public destinations only, no
 // named network (isolated from every other guest).
 type NetPolicy struct {

@@ -14,12 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/netpolicy"
 )
 
 // Protocols a port can be published for.
 const (
-	ProtoTCP = "tcp"
-	ProtoUDP = "udp"
+	ProtoTCP = netpolicy.ProtoTCP
+	ProtoUDP = netpolicy.ProtoUDP
 )
 
 // Publish maps a port of the host to a port of a guest.

@@ -140,7 +140,7 @@ func buildVMRules(bridge string, dns []netip.Addr, v VMNet) vmRules {
 
 // policyRules: one nftables rule per protocol of r.
 func policyRules(what string, r Rule, v expr.VerdictKind) []ruleSpec {
-	protos := r.protos()
+	protos := r.Protos()
 	if protos == nil {
 		return []ruleSpec{{comment: what, exprs: cat(ipPrefix(ipDaddr, expr.CmpOpEq, r.Net), verdict(v, ""))}}
 	}

@@ -20,8 +20,8 @@ import (
 	"github.com/banger-vm/banger/internal/system"
 )
 
-// A VMM with a capped log runs under a supervisor: the banger binary
-// re-executed as `banger _logpipe --cap N --exit-file F LOG -- VMM ARGS...`
+// A VMM with a capped log runs under a supervisor: the daemon's binary
+// re-executed as `bangerd _logpipe --cap N --exit-file F LOG -- VMM ARGS...`
 // (logcap.ForwarderCommand). The supervisor is the VMM's parent and its
 // log forwarder: it opens the log and reserves room in it, starts the VMM
 // with its stdout and stderr on a pipe it copies into the capped log, and,

@@ -42,8 +42,13 @@ func (d *daemon) check(t *testing.T, c cliCase) {
 		}
 	}
 	if c.code != 0 {
-		// The error is printed once, on stderr, as one "banger: ..." line.
-		if n := strings.Count(r.stderr, "banger:"); n != 1 || !strings.HasPrefix(r.stderr, "banger: ") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		// The error is printed once, on stderr, as one "banger: ..." line
+		// ("bangerd: ..." from daemon and doctor, which exec bangerd).
+		prog := "banger"
+		if len(c.args) > 0 && (c.args[0] == "daemon" || c.args[0] == "doctor") {
+			prog = "bangerd"
+		}
+		if n := strings.Count(r.stderr, prog+":"); n != 1 || !strings.HasPrefix(r.stderr, prog+": ") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Errorf("%s: want the error once on stderr, got %q", what, r.stderr)
 		}
 	}
@@ -97,8 +102,8 @@ func TestCLIConformance(t *testing.T) {
 		{args: []string{"image", "list", "extra"}, code: 2, stderr: []string{"banger image list takes no arguments"}},
 		{args: []string{"image", "build", "a", "b"}, code: 2, stderr: []string{"banger image build", "accepts at most 1 arg(s), received 2"}},
 		{args: []string{"version", "extra"}, code: 2, stderr: []string{"banger version takes no arguments"}},
-		{args: []string{"doctor", "extra"}, code: 2, stderr: []string{"banger doctor takes no arguments"}},
-		{args: []string{"daemon", "extra"}, code: 2, stderr: []string{"banger daemon takes no arguments"}},
+		{args: []string{"doctor", "extra"}, code: 2, stderr: []string{"bangerd doctor takes no arguments"}},
+		{args: []string{"daemon", "extra"}, code: 2, stderr: []string{"bangerd takes no arguments"}},
 		// Unknown flags.
 		{args: []string{"vm", "list", "--bogus"}, code: 2, stderr: []string{"unknown flag: --bogus", "banger vm list --help"}},
 		{args: []string{"image", "show", "default", "--nope"}, code: 2, stderr: []string{"unknown flag: --nope"}},

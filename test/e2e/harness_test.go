@@ -47,7 +47,8 @@ var (
 	imageErr  error
 )
 
-// bangerBinary builds cmd/banger once per test process.
+// bangerBinary builds cmd/banger and cmd/bangerd once per test process,
+// side by side: `banger daemon` runs the bangerd next to it.
 func bangerBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -59,8 +60,8 @@ func bangerBinary(t testing.TB) string {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
 		binPath = filepath.Join(dir, "banger")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/banger")
-		// Static: the image builder installs this binary in guests as
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/banger", "./cmd/bangerd")
+		// Static: the image builder installs bangerd in guests as
 		// banger-agent.
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = root
@@ -341,7 +342,7 @@ func (d *daemon) vmmProcesses() []string {
 		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
 			continue // exited, waiting for its parent to reap it
 		}
-		if filepath.Base(string(bytes.SplitN(cmdline, []byte{0}, 2)[0])) == "banger" {
+		if name := filepath.Base(string(bytes.SplitN(cmdline, []byte{0}, 2)[0])); name == "banger" || name == "bangerd" {
 			continue // the daemon or the CLI
 		}
 		out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))

@@ -3,21 +3,19 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/internal/layout"
 )
 
-// daemonFlags parses args as `banger daemon` would and applies the config.
+// daemonFlags parses args as bangerd would and applies the config.
 func daemonFlags(t *testing.T, args ...string) (*cobra.Command, *globals, error) {
 	t.Helper()
-	root := newRoot()
-	cmd, _, err := root.Find([]string{"daemon"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cmd := newRoot()
 	if err := cmd.ParseFlags(args); err != nil {
 		t.Fatal(err)
 	}
@@ -94,5 +92,22 @@ func TestDaemonDiskStrategyKey(t *testing.T) {
 	}
 	if v, _ := cmd.Flags().GetString("disk-strategy"); v != "sparse-copy" {
 		t.Fatalf("disk-strategy %q, want the file's sparse-copy", v)
+	}
+}
+
+// bangerd follows the CLI's conventions: an argument it does not take or a
+// flag it does not know is a usage error (exit 2) naming the command,
+// before anything runs (the daemon would need root).
+func TestDaemonRefusesBadArguments(t *testing.T) {
+	for _, args := range [][]string{{"extra"}, {"--no-such-flag"}, {"doctor", "extra"}, {"doctor", "--no-such-flag"}, {"--log-cap", "1"}} {
+		root := newRoot()
+		root.SetArgs(append([]string{"--state-dir", t.TempDir(), "--runtime-dir", t.TempDir()}, args...))
+		var out strings.Builder
+		root.SetOut(&out)
+		root.SetErr(&out)
+		err := root.Execute()
+		if cli.ExitCode(err) != cli.ExitInvalidArgument || !strings.Contains(err.Error(), args[0]) && !strings.Contains(err.Error(), "bangerd") {
+			t.Errorf("bangerd %s: exit %d (%v), want %d naming the command", strings.Join(args, " "), cli.ExitCode(err), err, cli.ExitInvalidArgument)
+		}
 	}
 }

@@ -1,4 +1,7 @@
-package main
+// Package cli holds what banger's two commands share: the conventions of
+// their cobra trees, the exit code of each error class, and the JSON and
+// table output primitives. It is light: the CLI links it.
+package cli
 
 import (
 	"fmt"
@@ -9,7 +12,7 @@ import (
 	"github.com/banger-vm/banger/errdefs"
 )
 
-// applyConventions gives every command of the tree the CLI's rules, so a
+// ApplyConventions gives every command of the tree the CLI's rules, so a
 // command added later gets them without asking:
 //
 //   - a command group (a command with subcommands and nothing to run of its
@@ -22,7 +25,7 @@ import (
 //
 // It runs on the finished tree, after the default help and completion
 // commands are added, so they follow the rules too.
-func applyConventions(root *cobra.Command) {
+func ApplyConventions(root *cobra.Command) {
 	root.SetHelpCommand(&cobra.Command{
 		Use:   "help [COMMAND...]",
 		Short: "Help about any command",
@@ -43,38 +46,39 @@ func applyConventions(root *cobra.Command) {
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return errdefs.InvalidArgument("%v (hint: see '%s --help')", err, cmd.CommandPath())
 	})
-	walk(root, func(c *cobra.Command) {
+	Walk(root, func(c *cobra.Command) {
 		if c.SuggestionsMinimumDistance <= 0 {
 			c.SuggestionsMinimumDistance = 2
 		}
 		switch {
 		case c.HasSubCommands() && !c.Runnable():
 			c.Args = cobra.ArbitraryArgs
-			c.RunE = runGroup
+			c.RunE = RunGroup
 		case c.Args == nil:
-			c.Args = noArgs
+			c.Args = NoArgs
 		}
 		c.Args = usageArgs(c.Args)
 	})
 }
 
-// noArgs is cobra.NoArgs with a message that says what was wrong.
-func noArgs(cmd *cobra.Command, args []string) error {
+// NoArgs is cobra.NoArgs with a message that says what was wrong.
+func NoArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
 		return errdefs.InvalidArgument("%s takes no arguments, got %q (usage: %s)", cmd.CommandPath(), args, strings.TrimSuffix(cmd.UseLine(), " [flags]"))
 	}
 	return nil
 }
 
-func walk(c *cobra.Command, fn func(*cobra.Command)) {
+// Walk calls fn on c and every command under it.
+func Walk(c *cobra.Command, fn func(*cobra.Command)) {
 	fn(c)
 	for _, sub := range c.Commands() {
-		walk(sub, fn)
+		Walk(sub, fn)
 	}
 }
 
-// runGroup is what a command group runs: its help when called alone.
-func runGroup(cmd *cobra.Command, args []string) error {
+// RunGroup is what a command group runs: its help when called alone.
+func RunGroup(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return cmd.Help()
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/banger-vm/banger/cmd/internal/cli"
 	"github.com/banger-vm/banger/internal/doctor"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/vmm"
@@ -35,8 +36,8 @@ func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
 		return out.String(), err
 	}
 	out, err := runDoctor()
-	if code := exitCode(err); code != exitFailedPrecondition {
-		t.Fatalf("exit %d (%v), want %d:\n%s", code, err, exitFailedPrecondition, out)
+	if code := cli.ExitCode(err); code != cli.ExitFailedPrecondition {
+		t.Fatalf("exit %d (%v), want %d:\n%s", code, err, cli.ExitFailedPrecondition, out)
 	}
 	for _, want := range []string{"banger-no-such-qemu not found", "banger-no-such-firecracker", "No VMM can run VMs on this host."} {
 		if !strings.Contains(out, want) {
@@ -45,8 +46,8 @@ func TestDoctorExitsWhenNoVMMCanRun(t *testing.T) {
 	}
 
 	out, err = runDoctor("-o", "json")
-	if code := exitCode(err); code != exitFailedPrecondition {
-		t.Fatalf("json: exit %d (%v), want %d", code, err, exitFailedPrecondition)
+	if code := cli.ExitCode(err); code != cli.ExitFailedPrecondition {
+		t.Fatalf("json: exit %d (%v), want %d", code, err, cli.ExitFailedPrecondition)
 	}
 	var r doctor.Report
 	if err := json.Unmarshal([]byte(out), &r); err != nil || r.CanRunVMs || r.AutoVMM != "" {
