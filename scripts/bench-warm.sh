@@ -32,7 +32,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-go build -o "$work/" ./cmd/banger ./cmd/bangerd
+CGO_ENABLED=0 go build -o "$work/" ./cmd/banger ./cmd/bangerd # static: bangerd is the agent images get
 base=("$work/banger" --state-dir "$work/state" --runtime-dir "$work/run")
 cache=()
 [ -d /var/cache/banger-test/apt ] && cache=(--package-cache /var/cache/banger-test/apt)

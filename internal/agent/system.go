@@ -413,18 +413,12 @@ const networkdLinks = "/run/systemd/netif/links"
 // networkdWait bounds the wait for systemd-networkd to let go of a link.
 const networkdWait = 3 * time.Second
 
-// setMAC gives link a new MAC: while it is up where the driver allows it
-// (virtio-net does: no carrier lost, nothing for the guest to redo), else
-// down, changed, up again.
+// setMAC gives link a new MAC: down, changed, up again. Down and up are
+// what make systemd-networkd look at the link anew (systemd 252 does not
+// on a MAC changed while the link is up, which virtio-net allows), find
+// that no .network file matches the new MAC and let the link go.
 func setMAC(link netlink.Link, mac net.HardwareAddr) error {
 	name := link.Attrs().Name
-	err := netlink.LinkSetHardwareAddr(link, mac)
-	if err == nil || !errors.Is(err, unix.EBUSY) {
-		if err != nil {
-			return fmt.Errorf("%s set mac: %w", name, err)
-		}
-		return nil
-	}
 	if err := netlink.LinkSetDown(link); err != nil {
 		return fmt.Errorf("%s down: %w", name, err)
 	}
