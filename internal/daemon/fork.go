@@ -485,10 +485,73 @@ func (s *Service) waitBooted(ctx context.Context, v *model.VM) error {
 	if state := string(bytes.TrimSpace(out.Bytes())); state != "running" && state != "degraded" {
 		return fmt.Errorf("the guest did not finish booting: systemd says %q (exit %d)", state, st.Code)
 	}
+	if err := releaseNetwork(ctx, c); err != nil {
+		// Forks still work: their agent waits for networkd instead.
+		s.log.Warn("the template's systemd-networkd keeps its link: warm starts will wait for it to let go", "vm", v.Name, "error", err)
+	}
 	// The daemon's connection goes before the snapshot: forks start with
 	// an agent waiting for a new host.
 	s.agents.drop(v.ID)
 	return nil
+}
+
+// networkdReleaseWait bounds the wait for a template's systemd-networkd to
+// let go of its link.
+const networkdReleaseWait = 10 * time.Second
+
+// releaseNetwork has a template guest's systemd-networkd let go of its
+// link before the snapshot: its .network file is removed and networkd
+// restarted (networkctl needs D-Bus, which banger's images do not have),
+// which leaves the link unmanaged with its address (networkd does not
+// undo what it configured on a link it no longer manages). A fork's agent
+// then changes the MAC and address with no networkd reacting, instead of
+// waiting for networkd to notice the new MAC and drop what it had
+// configured (100-200 ms of a warm start under TCG). The fork's agent
+// writes its own .network file, which later boots use. An image without
+// banger's .network file has nothing to release.
+func releaseNetwork(ctx context.Context, c *agent.Client) error {
+	run := func(argv ...string) (string, error) {
+		var out, errOut bytes.Buffer
+		st, err := c.Exec(ctx, agent.ExecOptions{Argv: argv, Stdout: &out, Stderr: &errOut})
+		if err == nil && st.Code != 0 {
+			err = fmt.Errorf("%s: exit %d: %s", strings.Join(argv, " "), st.Code, strings.TrimSpace(errOut.String()))
+		}
+		return out.String(), err
+	}
+	if _, err := run("test", "-e", identity.NetworkFile); err != nil {
+		return nil // not configured by banger through networkd
+	}
+	if _, err := run("rm", "-f", identity.NetworkFile); err != nil {
+		return err
+	}
+	if _, err := run("systemctl", "restart", "systemd-networkd.service"); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(networkdReleaseWait)
+	for {
+		out, err := run("grep", "-rh", "^ADMIN_STATE=", networkdLinks)
+		if err == nil && allUnmanaged(out) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("networkd still manages a link %s after its restart: %q (%v)", networkdReleaseWait, out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// networkdLinks is where systemd-networkd keeps each link's state.
+const networkdLinks = "/run/systemd/netif/links"
+
+// allUnmanaged reports whether the ADMIN_STATE lines of networkd's link
+// state files all say unmanaged.
+func allUnmanaged(states string) bool {
+	for _, l := range strings.Split(strings.TrimSpace(states), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "ADMIN_STATE="); ok && v != "unmanaged" {
+			return false
+		}
+	}
+	return true
 }
 
 // originStep is a fork's vm.origin: the snapshot it comes from, pending
