@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -534,7 +535,7 @@ func releaseNetwork(ctx context.Context, c *agent.Client) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("networkd still manages a link %s after its restart: %q (%v)", networkdReleaseWait, out, err)
+			return fmt.Errorf("networkd still manages a link %s after its restart: %q: %w", networkdReleaseWait, out, cmp.Or(err, errors.New("a link is not unmanaged")))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
