@@ -241,6 +241,19 @@ func testForks(t *testing.T, d *daemon) {
 	if show := d.must("vm", "show", "w1"); !strings.Contains(show, "warm start") {
 		t.Fatalf("vm show does not say the vm is a warm start:\n%s", show)
 	}
+	// A warm start's network: its agent changed MAC and address with the
+	// template's networkd already out of the way; a later boot of its disk
+	// configures the same through networkd.
+	d.must("vm", "start", "w1")
+	for _, when := range []string{"warm start", "boot after a restart"} {
+		out := d.must("vm", "ssh", "--network", "w1", "--", "sh", "-c", "hostname; ip -o -4 addr show scope global | awk '{print $4}'")
+		if f := strings.Fields(out); len(f) != 2 || f[0] != "w1" || !strings.HasPrefix(f[1], d.show("w1").GuestIP+"/") {
+			t.Fatalf("%s: ssh over the network to w1 printed %q", when, out)
+		}
+		if when == "warm start" {
+			d.must("vm", "restart", "w1")
+		}
+	}
 	c := d.mustVM("vm", "create", "c1", "--cold", "--cpus", "1", "--memory", "512M", "--vmm", vmmKind())
 	if c.Origin != nil {
 		t.Fatalf("--cold: origin %+v", c.Origin)
