@@ -246,7 +246,14 @@ func testForks(t *testing.T, d *daemon) {
 	// configures the same through networkd.
 	d.must("vm", "start", "w1")
 	for _, when := range []string{"warm start", "boot after a restart"} {
-		out := d.must("vm", "ssh", "--network", "w1", "--", "sh", "-c", "hostname; ip -o -4 addr show scope global | awk '{print $4}'")
+		var out string
+		for deadline := time.Now().Add(bootTimeout); ; time.Sleep(time.Second) { // sshd may still be starting after the restart
+			r, err := d.run("vm", "ssh", "--network", "w1", "--", "sh", "-c", "hostname; ip -o -4 addr show scope global | awk '{print $4}'")
+			out = r.stdout
+			if err == nil || when == "warm start" || time.Now().After(deadline) {
+				break
+			}
+		}
 		if f := strings.Fields(out); len(f) != 2 || f[0] != "w1" || !strings.HasPrefix(f[1], d.show("w1").GuestIP+"/") {
 			t.Fatalf("%s: ssh over the network to w1 printed %q", when, out)
 		}
