@@ -13,7 +13,14 @@ import (
 // old ID that is not one, gets no link.
 func TestLinkJournal(t *testing.T) {
 	const old, id = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
-	persistent, volatile := t.TempDir(), t.TempDir()
+	root := t.TempDir()
+	persistent, volatile := filepath.Join(root, "journal"), t.TempDir()
+	// A dir beside the journal's, which an old id of "../victim" would name.
+	for _, d := range []string{persistent, filepath.Join(root, "victim")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.Mkdir(filepath.Join(persistent, old), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +41,7 @@ func TestLinkJournal(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(volatile, id)); !os.IsNotExist(err) {
 		t.Fatalf("a link where there was no journal: %v", err)
 	}
-	linkJournal(logger, []string{persistent}, "../etc", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+	linkJournal(logger, []string{persistent}, "../victim", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
 	if _, err := os.Lstat(filepath.Join(persistent, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")); !os.IsNotExist(err) {
 		t.Fatalf("a link from an old id that is not one: %v", err)
 	}
