@@ -34,14 +34,7 @@ func newRootWith(g *globals) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			switch g.output {
-			case "table", "json":
-			default:
-				return errdefs.InvalidArgument("--output %q is not one of table, json", g.output)
-			}
-			var err error
-			g.layout, err = g.layout.Abs()
-			return err
+			return cli.CheckGlobals(g.output, &g.layout)
 		},
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

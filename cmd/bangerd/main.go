@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/cmd/internal/cli"
-	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/agent"
 	"github.com/banger-vm/banger/internal/layout"
 	"github.com/banger-vm/banger/internal/version"
@@ -36,14 +35,7 @@ func newRoot() *cobra.Command {
 func newRootWith(g *globals) *cobra.Command {
 	root := newDaemonCommand(g)
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		switch g.output {
-		case "table", "json":
-		default:
-			return errdefs.InvalidArgument("--output %q is not one of table, json", g.output)
-		}
-		var err error
-		g.layout, err = g.layout.Abs()
-		return err
+		return cli.CheckGlobals(g.output, &g.layout)
 	}
 	root.SilenceUsage, root.SilenceErrors = true, true
 	root.CompletionOptions.DisableDefaultCmd = true

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/layout"
 )
 
 // ApplyConventions gives every command of the tree the CLI's rules, so a
@@ -116,4 +117,21 @@ func usageArgs(validate cobra.PositionalArgs) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// CheckGlobals is the pre-run both binaries' roots share: the --output
+// value must be a format they print, and the layout's dirs become
+// absolute.
+func CheckGlobals(output string, l *layout.Layout) error {
+	switch output {
+	case "table", "json":
+	default:
+		return errdefs.InvalidArgument("--output %q is not one of table, json", output)
+	}
+	abs, err := l.Abs()
+	if err != nil {
+		return err
+	}
+	*l = abs
+	return nil
 }
