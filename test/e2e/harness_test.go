@@ -39,6 +39,7 @@ func vmmKind() string {
 
 var (
 	buildOnce sync.Once
+	binDir    string // made by bangerBinary, removed by TestMain
 	binPath   string
 	buildErr  error
 
@@ -46,6 +47,17 @@ var (
 	img       testimage.Image
 	imageErr  error
 )
+
+// TestMain removes the binaries the tests built, whatever the tests did.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		if err := os.RemoveAll(binDir); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: remove the test binaries: %v\n", err)
+		}
+	}
+	os.Exit(code)
+}
 
 // bangerBinary builds cmd/banger and cmd/bangerd once per test process,
 // side by side: `banger daemon` runs the bangerd next to it.
@@ -57,6 +69,7 @@ func bangerBinary(t testing.TB) string {
 			buildErr = err
 			return
 		}
+		binDir = dir
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
 		binPath = filepath.Join(dir, "banger")
