@@ -261,6 +261,22 @@ func testForks(t *testing.T, d *daemon) {
 			d.must("vm", "restart", "w1")
 		}
 	}
+	// A warm start's own snapshot (its RAM is its warm snapshot's file,
+	// mapped privately) restores and forks like any other.
+	d.mustVM("vm", "create", "w2", "--cpus", "1", "--memory", "512M", "--vmm", vmmKind(), "--start")
+	d.must("vm", "exec", "w2", "--", "sh", "-c", "echo before >/tmp/mark; setsid sleep 1000 >/dev/null 2>&1 </dev/null &")
+	d.must("vm", "snapshot", "create", "w2", "w2-snap")
+	d.must("vm", "exec", "w2", "--", "sh", "-c", "echo after >/tmp/mark")
+	d.must("vm", "restore", "w2", "w2-snap")
+	if out := d.must("vm", "exec", "w2", "--", "sh", "-c", "cat /tmp/mark; pgrep -x sleep >/dev/null && echo sleeping"); strings.Fields(out)[0] != "before" || !strings.Contains(out, "sleeping") {
+		t.Fatalf("a warm start restored to its own snapshot: %q, want the file as it was and the process still running", out)
+	}
+	d.mustVM("vm", "create", "w3", "--from", "w2-snap", "--start")
+	if out := d.must("vm", "exec", "w3", "--", "sh", "-c", "cat /tmp/mark; hostname"); strings.Join(strings.Fields(out), " ") != "before w3" {
+		t.Fatalf("a fork of a warm start's snapshot: %q", out)
+	}
+	d.must("vm", "delete", "w2", "w3")
+	d.must("vm", "snapshot", "delete", "w2-snap")
 	c := d.mustVM("vm", "create", "c1", "--cold", "--cpus", "1", "--memory", "512M", "--vmm", vmmKind())
 	if c.Origin != nil {
 		t.Fatalf("--cold: origin %+v", c.Origin)
