@@ -8,6 +8,7 @@ import (
 
 	"github.com/banger-vm/banger/errdefs"
 	"github.com/banger-vm/banger/internal/model"
+	"github.com/banger-vm/banger/internal/netpolicy"
 	"github.com/banger-vm/banger/internal/network"
 )
 
@@ -28,9 +29,9 @@ type NetPolicyHost interface {
 
 // ParseNetPolicy checks a policy as the user gave it and returns it in its
 // canonical form (default egress filled in, rules and networks as
-// network.ParsePolicy reads them back). Errors are InvalidArgument.
+// netpolicy.ParsePolicy reads them back). Errors are InvalidArgument.
 func ParseNetPolicy(p model.NetPolicy) (model.NetPolicy, error) {
-	np, err := network.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
+	np, err := netpolicy.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
 	if err != nil {
 		return model.NetPolicy{}, err
 	}
@@ -46,7 +47,7 @@ func ParseNetPolicy(p model.NetPolicy) (model.NetPolicy, error) {
 
 // vmNet is what ApplyVM needs of v, whose tap is tap.
 func vmNet(v *model.VM, tap string) (network.VMNet, error) {
-	pol, err := network.ParsePolicy(v.NetPolicy.Egress, v.NetPolicy.Allow, v.NetPolicy.Deny, v.NetPolicy.Networks)
+	pol, err := netpolicy.ParsePolicy(v.NetPolicy.Egress, v.NetPolicy.Allow, v.NetPolicy.Deny, v.NetPolicy.Networks)
 	if err != nil {
 		return network.VMNet{}, fmt.Errorf("network policy of vm %q: %w", v.Name, err)
 	}
@@ -146,7 +147,7 @@ func (s *Service) SetNetPolicy(ctx context.Context, ref string, p model.NetPolic
 // NetPolicySummary is the one line `vm show` prints, e.g. "egress internet;
 // allow 10.0.0.0/8:443/tcp; networks team" ("isolated" without networks).
 func NetPolicySummary(p model.NetPolicy) string {
-	np, err := network.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
+	np, err := netpolicy.ParsePolicy(p.Egress, p.Allow, p.Deny, p.Networks)
 	if err != nil {
 		return "invalid: " + err.Error()
 	}

@@ -21,28 +21,7 @@ package network
 //     and its IPv4 address in IPv4 and ARP; nothing else (IPv6, VLAN tags,
 //     other ethertypes) passes. A port of the bridge with no VM's rules
 //     passes nothing.
-
-import "github.com/banger-vm/banger/internal/netpolicy"
-
-// A VM's policy is parsed and checked in package netpolicy (the CLI uses
-// it without linking nftables); these names are the same types and values.
-type (
-	Policy = netpolicy.Policy
-	Rule   = netpolicy.Rule
-)
-
-// Egress modes (see netpolicy).
-const (
-	EgressInternet = netpolicy.EgressInternet
-	EgressNone     = netpolicy.EgressNone
-)
-
-// ReservedRanges are the IPv4 destinations EgressInternet refuses (see
-// netpolicy.ReservedRanges).
-var ReservedRanges = netpolicy.ReservedRanges
-
-// ParsePolicy builds a policy from the `vm create` flags (see
-// netpolicy.ParsePolicy).
-func ParsePolicy(egress string, allow, deny, networks []string) (Policy, error) {
-	return netpolicy.ParsePolicy(egress, allow, deny, networks)
-}
+//
+// A policy itself (its types, parsing and checks) is package netpolicy's,
+// which the CLI uses without linking nftables; this package turns it into
+// rules (vmrules.go).

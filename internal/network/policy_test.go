@@ -137,27 +137,27 @@ func TestVMRulesAntiSpoofing(t *testing.T) {
 }
 
 func TestVMRulesPolicies(t *testing.T) {
-	reserved := make([]string, len(ReservedRanges))
-	for i, p := range ReservedRanges {
+	reserved := make([]string, len(netpolicy.ReservedRanges))
+	for i, p := range netpolicy.ReservedRanges {
 		reserved[i] = "ip daddr " + p.String() + " drop"
 	}
 	const noGuest = "oifname banger0 drop"
 	cases := []struct {
 		name   string
 		dns    []netip.Addr
-		policy Policy
+		policy netpolicy.Policy
 		want   []string
 	}{{
 		name:   "default: internet, isolated",
-		policy: Policy{},
+		policy: netpolicy.Policy{},
 		want:   concat([]string{noGuest}, reserved, []string{"accept"}),
 	}, {
 		name:   "none",
-		policy: Policy{Egress: EgressNone},
+		policy: netpolicy.Policy{Egress: netpolicy.EgressNone},
 		want:   []string{noGuest, "drop"},
 	}, {
 		name:   "networks",
-		policy: Policy{Egress: EgressNone, Networks: []string{"team", "ci"}},
+		policy: netpolicy.Policy{Egress: netpolicy.EgressNone, Networks: []string{"team", "ci"}},
 		want: []string{
 			"oifname banger0 ip daddr @net-ci accept",
 			"oifname banger0 ip daddr @net-team accept",
@@ -165,9 +165,9 @@ func TestVMRulesPolicies(t *testing.T) {
 		},
 	}, {
 		name: "none with allow and deny",
-		policy: Policy{Egress: EgressNone,
-			Allow: []Rule{mustRule("192.168.1.0/24:53/udp"), mustRule("10.0.0.0/8:8000-9000"), mustRule("1.1.1.1")},
-			Deny:  []Rule{mustRule("10.1.0.0/16:8443/tcp")}},
+		policy: netpolicy.Policy{Egress: netpolicy.EgressNone,
+			Allow: []netpolicy.Rule{mustRule("192.168.1.0/24:53/udp"), mustRule("10.0.0.0/8:8000-9000"), mustRule("1.1.1.1")},
+			Deny:  []netpolicy.Rule{mustRule("10.1.0.0/16:8443/tcp")}},
 		want: []string{
 			noGuest,
 			"ip daddr 10.1.0.0/16 l4proto tcp th dport 0x20fb drop",
@@ -179,7 +179,7 @@ func TestVMRulesPolicies(t *testing.T) {
 		},
 	}, {
 		name:   "internet with a deny",
-		policy: Policy{Deny: []Rule{mustRule("8.8.8.8:53")}},
+		policy: netpolicy.Policy{Deny: []netpolicy.Rule{mustRule("8.8.8.8:53")}},
 		want: concat([]string{noGuest,
 			"ip daddr 8.8.8.8/32 l4proto tcp th dport 0x0035 drop",
 			"ip daddr 8.8.8.8/32 l4proto udp th dport 0x0035 drop",
@@ -187,7 +187,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	}, {
 		name:   "internet with guest dns",
 		dns:    []netip.Addr{netip.MustParseAddr("192.168.1.1")},
-		policy: Policy{},
+		policy: netpolicy.Policy{},
 		want: concat([]string{noGuest,
 			"ip daddr 192.168.1.1/32 l4proto tcp th dport 0x0035 accept",
 			"ip daddr 192.168.1.1/32 l4proto udp th dport 0x0035 accept",
@@ -195,7 +195,7 @@ func TestVMRulesPolicies(t *testing.T) {
 	}, {
 		name:   "none ignores guest dns",
 		dns:    []netip.Addr{netip.MustParseAddr("192.168.1.1")},
-		policy: Policy{Egress: EgressNone},
+		policy: netpolicy.Policy{Egress: netpolicy.EgressNone},
 		want:   []string{noGuest, "drop"},
 	}}
 	for _, c := range cases {
@@ -257,7 +257,7 @@ func expectRules(t *testing.T, what string, got, want []string) {
 	}
 }
 
-func mustRule(s string) Rule {
+func mustRule(s string) netpolicy.Rule {
 	r, err := netpolicy.ParseRule(s)
 	if err != nil {
 		panic(err)

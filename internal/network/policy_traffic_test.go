@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-vm/banger/errdefs"
+	"github.com/banger-vm/banger/internal/netpolicy"
 )
 
 // Addresses of the simulated outside world (TestPolicies, TestTraffic):
@@ -69,7 +70,7 @@ func (e *env) outside() netns.NsHandle {
 
 // vmGuest is guest (a veth in its own namespace on the bridge) with the
 // rules ApplyVM gives VM owner under p, for the peer's real MAC.
-func (e *env) vmGuest(role, hostEnd string, addr netip.Addr, owner string, p Policy) netns.NsHandle {
+func (e *env) vmGuest(role, hostEnd string, addr netip.Addr, owner string, p netpolicy.Policy) netns.NsHandle {
 	t := e.t
 	t.Helper()
 	ns := e.guest(role, hostEnd, addr)
@@ -114,13 +115,13 @@ func TestPolicies(t *testing.T) {
 	inet := e.outside()
 	ip := func(last string) netip.Addr { return netip.MustParseAddr("10.201.0." + last) }
 	team := []string{"team"}
-	g1 := e.vmGuest("g1", "vt-g1", ip("2"), "vm1", Policy{Networks: team})
-	g2 := e.vmGuest("g2", "vt-g2", ip("3"), "vm2", Policy{Networks: team})
-	g3 := e.vmGuest("g3", "vt-g3", ip("4"), "vm3", Policy{})
-	g4 := e.vmGuest("g4", "vt-g4", ip("5"), "vm4", Policy{Egress: EgressNone,
-		Allow: []Rule{mustRule(lanIP + ":53/udp"), mustRule(internetIP + "/32:443/tcp")}})
-	g5 := e.vmGuest("g5", "vt-g5", ip("6"), "vm5", Policy{
-		Deny: []Rule{mustRule(internetIP + ":443")}, Allow: []Rule{mustRule(lanIP + "/32:80/tcp")}})
+	g1 := e.vmGuest("g1", "vt-g1", ip("2"), "vm1", netpolicy.Policy{Networks: team})
+	g2 := e.vmGuest("g2", "vt-g2", ip("3"), "vm2", netpolicy.Policy{Networks: team})
+	g3 := e.vmGuest("g3", "vt-g3", ip("4"), "vm3", netpolicy.Policy{})
+	g4 := e.vmGuest("g4", "vt-g4", ip("5"), "vm4", netpolicy.Policy{Egress: netpolicy.EgressNone,
+		Allow: []netpolicy.Rule{mustRule(lanIP + ":53/udp"), mustRule(internetIP + "/32:443/tcp")}})
+	g5 := e.vmGuest("g5", "vt-g5", ip("6"), "vm5", netpolicy.Policy{
+		Deny: []netpolicy.Rule{mustRule(internetIP + ":443")}, Allow: []netpolicy.Rule{mustRule(lanIP + "/32:80/tcp")}})
 
 	for _, g := range []struct {
 		ns   netns.NsHandle
@@ -465,8 +466,8 @@ func TestApplyVMLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	mac := func(b byte) net.HardwareAddr { return net.HardwareAddr{0x06, 0xfc, 0, 0, 0, b} }
-	a := VMNet{Owner: "vma", Tap: "tap-fc-a", IP: netip.MustParseAddr("10.201.0.2"), MAC: mac(2), Policy: Policy{Networks: []string{"x", "y"}}}
-	b := VMNet{Owner: "vmb", Tap: "tap-fc-b", IP: netip.MustParseAddr("10.201.0.3"), MAC: mac(3), Policy: Policy{Egress: EgressNone, Networks: []string{"y"}}}
+	a := VMNet{Owner: "vma", Tap: "tap-fc-a", IP: netip.MustParseAddr("10.201.0.2"), MAC: mac(2), Policy: netpolicy.Policy{Networks: []string{"x", "y"}}}
+	b := VMNet{Owner: "vmb", Tap: "tap-fc-b", IP: netip.MustParseAddr("10.201.0.3"), MAC: mac(3), Policy: netpolicy.Policy{Egress: netpolicy.EgressNone, Networks: []string{"y"}}}
 	// A VM's rules go in with no tap yet (the daemon applies them before
 	// the VMM opens it): the rules name the tap.
 	for _, v := range []VMNet{a, b} {
@@ -508,7 +509,7 @@ func TestApplyVMLifecycle(t *testing.T) {
 
 	// A new policy replaces the old one: one jump per VM, sets follow.
 	a2 := a
-	a2.Policy = Policy{Egress: EgressNone, Networks: []string{"z"}}
+	a2.Policy = netpolicy.Policy{Egress: netpolicy.EgressNone, Networks: []string{"z"}}
 	if err := m.ApplyVM(ctx, a2); err != nil {
 		t.Fatal(err)
 	}
@@ -534,8 +535,8 @@ func TestApplyVMLifecycle(t *testing.T) {
 		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.1"), MAC: mac(4)},
 		{Owner: "vm c", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4)},
 		{Owner: "vmc", Tap: "tap/c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4)},
-		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: Policy{Egress: "all"}},
-		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: Policy{Networks: []string{"A B"}}},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: netpolicy.Policy{Egress: "all"}},
+		{Owner: "vmc", Tap: "tap-fc-c", IP: netip.MustParseAddr("10.201.0.4"), MAC: mac(4), Policy: netpolicy.Policy{Networks: []string{"A B"}}},
 	} {
 		if err := m.ApplyVM(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("ApplyVM(%+v) = %v, want invalid argument", bad, err)
@@ -642,7 +643,7 @@ func TestSweepManyVMs(t *testing.T) {
 		v := VMNet{
 			Owner: fmt.Sprintf("vm%d", i), Tap: fmt.Sprintf("tap-fc-%d", i),
 			IP: netip.AddrFrom4([4]byte{10, 201, 0, byte(i)}), MAC: net.HardwareAddr{6, 0xfc, 0, 0, 0, byte(i)},
-			Policy: Policy{Networks: []string{"default"}, Allow: []Rule{mustRule("10.0.0.0/8:443/tcp")}},
+			Policy: netpolicy.Policy{Networks: []string{"default"}, Allow: []netpolicy.Rule{mustRule("10.0.0.0/8:443/tcp")}},
 		}
 		if err := e.m.ApplyVM(ctx, v); err != nil {
 			t.Fatalf("ApplyVM %s: %v", v.Owner, err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+
+	"github.com/banger-vm/banger/internal/netpolicy"
 )
 
 // TestTraffic sends real packets: two stand-in guests on the bridge (veth
@@ -28,7 +30,7 @@ func TestTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	g1IP, g2IP := netip.MustParseAddr("10.201.0.2"), netip.MustParseAddr("10.201.0.3")
-	shared := Policy{Networks: []string{"default"}}
+	shared := netpolicy.Policy{Networks: []string{"default"}}
 	g1 := e.vmGuest("guest1", "vt-g1", g1IP, "vm1", shared)
 	g2 := e.vmGuest("guest2", "vt-g2", g2IP, "vm2", shared)
 	inet := e.outside()

@@ -9,6 +9,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-vm/banger/internal/netpolicy"
 )
 
 // VMNet is what ApplyVM needs of a VM: who it is, its tap and the address
@@ -18,7 +20,7 @@ type VMNet struct {
 	Tap    string // its tap, a port of the bridge
 	IP     netip.Addr
 	MAC    net.HardwareAddr
-	Policy Policy
+	Policy netpolicy.Policy
 }
 
 // Names in banger's tables for per-VM state.
@@ -120,12 +122,12 @@ func buildVMRules(bridge string, dns []netip.Addr, v VMNet) vmRules {
 	for _, a := range p.Allow {
 		r.inet = append(r.inet, policyRules("allow "+a.String(), a, expr.VerdictAccept)...)
 	}
-	if p.Egress == EgressInternet {
+	if p.Egress == netpolicy.EgressInternet {
 		for _, a := range dns {
-			dnsRule := Rule{Net: netip.PrefixFrom(a.Unmap(), 32), FromPort: 53, ToPort: 53}
+			dnsRule := netpolicy.Rule{Net: netip.PrefixFrom(a.Unmap(), 32), FromPort: 53, ToPort: 53}
 			r.inet = append(r.inet, policyRules("guest dns "+a.Unmap().String(), dnsRule, expr.VerdictAccept)...)
 		}
-		for _, n := range ReservedRanges {
+		for _, n := range netpolicy.ReservedRanges {
 			r.inet = append(r.inet, ruleSpec{
 				comment: "internet: not " + n.String(),
 				exprs:   cat(ipPrefix(ipDaddr, expr.CmpOpEq, n), verdict(expr.VerdictDrop, "")),
@@ -139,7 +141,7 @@ func buildVMRules(bridge string, dns []netip.Addr, v VMNet) vmRules {
 }
 
 // policyRules: one nftables rule per protocol of r.
-func policyRules(what string, r Rule, v expr.VerdictKind) []ruleSpec {
+func policyRules(what string, r netpolicy.Rule, v expr.VerdictKind) []ruleSpec {
 	protos := r.Protos()
 	if protos == nil {
 		return []ruleSpec{{comment: what, exprs: cat(ipPrefix(ipDaddr, expr.CmpOpEq, r.Net), verdict(v, ""))}}
