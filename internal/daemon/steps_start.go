@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -168,9 +167,6 @@ type startOptions struct {
 	memoryFile bool
 }
 
-// MemoryFile is the name of a VM's RAM file in its dir (startOptions).
-const MemoryFile = "memory.ram"
-
 // startWith is startLocked; with restore, the VM is launched restoring
 // that snapshot instead of booting (issue 12).
 func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, opts startOptions) (*model.VM, error) {
@@ -201,7 +197,7 @@ func (s *Service) startWith(ctx context.Context, v *model.VM, op *operation, opt
 		sc.restore = opts.restore
 		sc.spec.Restore = &vmm.RestoreSpec{Dir: opts.restore.sn.Dir}
 	} else if _, ok := sc.drv.(vmm.MemoryFileSnapshotter); ok && opts.memoryFile {
-		sc.spec.MemoryFile = filepath.Join(v.VMDir, MemoryFile)
+		sc.spec.MemoryFile = layout.VMDir(v.VMDir).MemoryFile()
 	}
 	// Record the names before the host is touched, so whatever a crash
 	// leaves behind can be found and removed; the pid is recorded the

@@ -116,6 +116,10 @@ func (d VMDir) Path() string     { return string(d) }
 func (d VMDir) RootDisk() string { return filepath.Join(string(d), "rootfs.ext4") }
 func (d VMDir) LogPath() string  { return filepath.Join(string(d), "vm.log") }
 
+// MemoryFile is where a VM that runs with its RAM in a file (a warm
+// image's template) has it.
+func (d VMDir) MemoryFile() string { return filepath.Join(string(d), "memory.ram") }
+
 // File names in an image directory. layout owns them: the image builder
 // writes its artifacts under these names.
 const (
