@@ -78,7 +78,7 @@ func TestManagedByNetworkd(t *testing.T) {
 		"ADMIN_STATE=linger\n":                                     false,
 		"":                                                         false,
 	} {
-		if got := managedByNetworkd([]byte(state)); got != want {
+		if got := ManagedByNetworkd([]byte(state)); got != want {
 			t.Errorf("%q: managed %v, want %v", state, got, want)
 		}
 	}

@@ -407,8 +407,8 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error { // dura
 	return nil
 }
 
-// networkdLinks is where systemd-networkd publishes each link's state.
-const networkdLinks = "/run/systemd/netif/links"
+// NetworkdLinks is where systemd-networkd publishes each link's state.
+const NetworkdLinks = "/run/systemd/netif/links"
 
 // networkdWait bounds the wait for systemd-networkd to let go of a link.
 const networkdWait = 3 * time.Second
@@ -438,11 +438,11 @@ func setMAC(link netlink.Link, mac net.HardwareAddr) error {
 // address given anew (a fork given its template's IP) if it did so after
 // the agent configured it.
 func (h HostSystem) waitNetworkdLetGo(ifindex int) {
-	state := filepath.Join(networkdLinks, strconv.Itoa(ifindex))
+	state := filepath.Join(NetworkdLinks, strconv.Itoa(ifindex))
 	deadline := time.Now().Add(networkdWait)
 	for {
 		b, err := os.ReadFile(state)
-		if err != nil || !managedByNetworkd(b) {
+		if err != nil || !ManagedByNetworkd(b) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -453,9 +453,9 @@ func (h HostSystem) waitNetworkdLetGo(ifindex int) {
 	}
 }
 
-// managedByNetworkd reports whether a networkd link state file says the
+// ManagedByNetworkd reports whether a networkd link state file says the
 // link is configured (or being configured) by it.
-func managedByNetworkd(state []byte) bool {
+func ManagedByNetworkd(state []byte) bool {
 	for _, l := range strings.Split(string(state), "\n") {
 		if v, ok := strings.CutPrefix(l, "ADMIN_STATE="); ok {
 			return v == "configured" || v == "configuring" || v == "pending" || v == "initialized"

@@ -440,7 +440,7 @@ func (s *Service) WarmImage(ctx context.Context, ref string, req api.WarmImageRe
 	if err != nil {
 		return nil, err
 	}
-	if err := s.waitBooted(ctx, v); err != nil {
+	if err := s.prepareTemplate(ctx, v); err != nil {
 		return nil, fmt.Errorf("warm image %q: %w", img.Name, err)
 	}
 	name := defaultName("warm-"+img.Name, fmt.Sprintf("-%s-%dc-%dm-%s", v.VMM, v.VCPUs, v.MemoryMiB, time.Now().UTC().Format(snapshotNameTimeFmt)))
@@ -467,33 +467,44 @@ func (s *Service) discardTemplate(ctx context.Context, ref string) {
 // bootWait bounds the wait for a template guest to finish booting.
 const bootWait = 5 * time.Minute
 
-// waitBooted waits until v's guest has finished booting (systemd's
-// is-system-running --wait, through the agent), so a warm snapshot has
-// every service up, sshd included.
-func (s *Service) waitBooted(ctx context.Context, v *model.VM) error {
+// prepareTemplate makes a warm image's template ready for its snapshot:
+// it waits until the guest has finished booting (systemd's
+// is-system-running --wait, through the agent), so the snapshot has every
+// service up, sshd included; has the guest's networkd let go of its link
+// (releaseNetwork); and drops the daemon's agent connection, so forks
+// start with an agent waiting for a new host.
+func (s *Service) prepareTemplate(ctx context.Context, v *model.VM) error {
 	ctx, cancel := context.WithTimeout(ctx, bootWait)
 	defer cancel()
 	c, err := s.connectAgent(ctx, v, bootWait)
 	if err != nil {
 		return err
 	}
-	var out bytes.Buffer
-	st, err := c.Exec(ctx, agent.ExecOptions{Argv: []string{"systemctl", "is-system-running", "--wait"}, Stdout: &out})
+	run := func(argv ...string) (guestResult, error) {
+		var out, errOut bytes.Buffer
+		st, err := c.Exec(ctx, agent.ExecOptions{Argv: argv, Stdout: &out, Stderr: &errOut})
+		return guestResult{code: st.Code, stdout: strings.TrimSpace(out.String()), stderr: strings.TrimSpace(errOut.String())}, err
+	}
+	// "degraded" (a unit failed) still means booting is over.
+	r, err := run("systemctl", "is-system-running", "--wait")
 	if err != nil {
 		return err
 	}
-	// "degraded" (a unit failed) still means booting is over.
-	if state := string(bytes.TrimSpace(out.Bytes())); state != "running" && state != "degraded" {
-		return fmt.Errorf("the guest did not finish booting: systemd says %q (exit %d)", state, st.Code)
+	if r.stdout != "running" && r.stdout != "degraded" {
+		return fmt.Errorf("the guest did not finish booting: systemd says %q (exit %d)", r.stdout, r.code)
 	}
-	if err := releaseNetwork(ctx, c); err != nil {
+	if err := releaseNetwork(run); err != nil {
 		// Forks still work: their agent waits for networkd instead.
 		s.log.Warn("the template's systemd-networkd keeps its link: warm starts will wait for it to let go", "vm", v.Name, "error", err)
 	}
-	// The daemon's connection goes before the snapshot: forks start with
-	// an agent waiting for a new host.
 	s.agents.drop(v.ID)
 	return nil
+}
+
+// guestResult is how a command run in the guest through its agent ended.
+type guestResult struct {
+	code           int
+	stdout, stderr string
 }
 
 // networkdReleaseWait bounds the wait for a template's systemd-networkd to
@@ -501,36 +512,36 @@ func (s *Service) waitBooted(ctx context.Context, v *model.VM) error {
 const networkdReleaseWait = 10 * time.Second
 
 // releaseNetwork has a template guest's systemd-networkd let go of its
-// link before the snapshot: its .network file is removed and networkd
-// restarted (networkctl needs D-Bus, which banger's images do not have),
-// which leaves the link unmanaged with its address (networkd does not
-// undo what it configured on a link it no longer manages). A fork's agent
-// then changes the MAC and address with no networkd reacting, instead of
-// waiting for networkd to notice the new MAC and drop what it had
-// configured (100-200 ms of a warm start under TCG). The fork's agent
-// writes its own .network file, which later boots use. An image without
-// banger's .network file has nothing to release.
-func releaseNetwork(ctx context.Context, c *agent.Client) error {
-	run := func(argv ...string) (string, error) {
-		var out, errOut bytes.Buffer
-		st, err := c.Exec(ctx, agent.ExecOptions{Argv: argv, Stdout: &out, Stderr: &errOut})
-		if err == nil && st.Code != 0 {
-			err = fmt.Errorf("%s: exit %d: %s", strings.Join(argv, " "), st.Code, strings.TrimSpace(errOut.String()))
+// link before the snapshot, running commands in the guest with run: its
+// .network file is removed and networkd restarted (networkctl needs
+// D-Bus, which banger's images do not have), which leaves the link
+// unmanaged with its address (networkd does not undo what it configured
+// on a link it no longer manages). A fork's agent then changes the MAC and
+// address with no networkd reacting, instead of waiting for networkd to
+// notice the new MAC and drop what it had configured (100-200 ms of a warm
+// start under TCG). The fork's agent writes its own .network file, which
+// later boots use. An image without banger's .network file has nothing to
+// release.
+func releaseNetwork(run func(argv ...string) (guestResult, error)) error {
+	must := func(argv ...string) (string, error) {
+		r, err := run(argv...)
+		if err == nil && r.code != 0 {
+			err = fmt.Errorf("%s: exit %d: %s", strings.Join(argv, " "), r.code, r.stderr)
 		}
-		return out.String(), err
+		return r.stdout, err
 	}
-	if _, err := run("test", "-e", identity.NetworkFile); err != nil {
-		return nil // not configured by banger through networkd
+	if r, err := run("test", "-e", identity.NetworkFile); err != nil || r.code != 0 {
+		return err // nil: not configured by banger through networkd
 	}
-	if _, err := run("rm", "-f", identity.NetworkFile); err != nil {
+	if _, err := must("rm", "-f", identity.NetworkFile); err != nil {
 		return err
 	}
-	if _, err := run("systemctl", "restart", "systemd-networkd.service"); err != nil {
+	if _, err := must("systemctl", "restart", "systemd-networkd.service"); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(networkdReleaseWait)
 	for {
-		out, err := run("grep", "-rh", "^ADMIN_STATE=", networkdLinks)
+		out, err := must("grep", "-rh", "^ADMIN_STATE=", agent.NetworkdLinks)
 		if err == nil && allUnmanaged(out) {
 			return nil
 		}
@@ -541,14 +552,11 @@ func releaseNetwork(ctx context.Context, c *agent.Client) error {
 	}
 }
 
-// networkdLinks is where systemd-networkd keeps each link's state.
-const networkdLinks = "/run/systemd/netif/links"
-
-// allUnmanaged reports whether the ADMIN_STATE lines of networkd's link
-// state files all say unmanaged.
+// allUnmanaged reports whether none of the ADMIN_STATE lines of networkd's
+// link state files (one per line) says networkd manages the link.
 func allUnmanaged(states string) bool {
 	for _, l := range strings.Split(strings.TrimSpace(states), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "ADMIN_STATE="); ok && v != "unmanaged" {
+		if agent.ManagedByNetworkd([]byte(strings.TrimSpace(l))) {
 			return false
 		}
 	}
